@@ -1,0 +1,236 @@
+"""Typed run configuration: YAML file + ``section.field=value`` overrides, validated before any work.
+
+One config describes one run folder (``out``). Every section has defaults that fit the embedded
+synthetic benchmark; the YAML files in ``jobs/configs/`` set the values for real datasets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raydbb.errors import ConfigError
+
+DATASETS = ("waterbirds", "celeba", "metashift", "csv", "synthetic")
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StageResources(Section):
+    """How a generation stage maps onto Ray: actor pool size, per-actor resources, batch sizes."""
+
+    actors: int = Field(1, ge=1, description="actors in the pool (fixed size)")
+    num_cpus: float = Field(1.0, ge=0, description="logical CPUs per actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractional allowed); 0 on CPU")
+    batch_size: int = Field(8, ge=1, description="rows per call of the stage")
+    model_batch_size: int = Field(8, ge=1, description="images per forward pass inside a call")
+
+
+class DataConfig(Section):
+    name: Literal["waterbirds", "celeba", "metashift", "csv", "synthetic"] = "synthetic"
+    root: str = "runs/demo/data"
+    csv_file: str = Field("metadata.csv", description="csv/synthetic: the CSV inside root")
+    class_names: list[str] | None = Field(None, description="csv: names of labels 0..C-1")
+    spurious_names: list[str] | None = Field(None, description="csv: names of spurious values")
+    balanced_train: bool = Field(False, description="celeba: class-balanced train subsample")
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="metashift: share of test moved to val")
+    split_seed: int = 0
+
+
+class ClassifierConfig(Section):
+    arch: Literal["small_cnn", "resnet18", "resnet50"] = "resnet50"
+    pretrained: bool = Field(True, description="ImageNet weights for resnets (needs a local file)")
+    weights: str | None = Field(None, description="local ImageNet weights file (.pth or .safetensors)")
+    image_size: int = Field(224, ge=16)
+    width: int = Field(32, ge=4, description="small_cnn: channels of the first block")
+
+    @model_validator(mode="after")
+    def _small_cnn_has_no_imagenet(self) -> ClassifierConfig:
+        if self.arch == "small_cnn" and self.pretrained:
+            raise ValueError("classifier.pretrained=true: small_cnn has no ImageNet weights; set false")
+        return self
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    augment: bool = True
+    num_workers: int = Field(1, ge=1, description="Ray Train workers")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    loader_workers: int = Field(0, ge=0, description="torch DataLoader processes per Ray worker")
+    seed: int = 0
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Ray cluster address; None = RAY_ADDRESS or local")
+    num_cpus: int | None = Field(None, ge=1, description="logical CPUs for a local ray.init")
+    object_store_memory: int | None = Field(None, ge=75 * 1024 * 1024)
+
+
+class SelectConfig(Section):
+    fraction: float | None = Field(0.2, gt=0, le=1, description="lowest-loss share per class (α_y)")
+    count: int | None = Field(None, ge=1, description="lowest-loss count per class (k_y); wins over fraction")
+    per_class_fraction: dict[str, float] | None = Field(None, description="α_y by class name")
+    token_pool_source: Literal["high_loss", "val_minority"] = "high_loss"
+    token_pool_size: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+
+
+class MaskConfig(Section):
+    source: Literal["text", "dataset", "attribution"] = "dataset"
+    detector: str = "IDEA-Research/grounding-dino-tiny"
+    segmenter: str = "facebook/sam-vit-base"
+    box_threshold: float = Field(0.3, ge=0, le=1)
+    text_threshold: float = Field(0.25, ge=0, le=1)
+    attribution_quantile: float = Field(0.8, gt=0, lt=1)
+    dilate: int = Field(0, ge=0, description="dilation radius in pixels")
+    min_area: float = Field(0.002, ge=0, lt=1, description="smaller mask share = degenerate")
+    max_area: float = Field(0.95, gt=0, le=1, description="larger mask share = degenerate")
+    resources: StageResources = StageResources()
+
+
+class InpaintConfig(Section):
+    model: str = "sd2-community/stable-diffusion-2-inpainting"
+    tokens_dir: str | None = Field(None, description="folder of per-class learned tokens (raydbb invert)")
+    prompt_template: str = "a photo of a {token} {class_name}"
+    negative_prompt: str | None = None
+    n_variants: int = Field(1, ge=1)
+    steps: int = Field(50, ge=1)
+    guidance_scale: float = Field(7.5, ge=0)
+    strength: float = Field(1.0, gt=0, le=1)
+    scheduler: str | None = Field(None, description="diffusers scheduler class name; None = checkpoint's")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    resolution: int | None = Field(None, ge=8, description="working resolution; None = model default")
+    paste_back: bool = Field(True, description="copy unmasked source pixels back exactly")
+    resources: StageResources = StageResources(batch_size=4, model_batch_size=4)
+
+
+class PruneConfig(Section):
+    prob_rule: bool = True
+    delta: float = Field(0.0, description="IG threshold δ: keep only if score > δ")
+    ig_steps: int = Field(16, ge=1)
+    ig_method: Literal["gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left",
+                       "riemann_right"] = "gausslegendre"
+    resources: StageResources = StageResources(batch_size=16, model_batch_size=64)
+
+
+class InvertConfig(Section):
+    initializer: dict[str, str] | None = Field(None, description="class name -> initializer word")
+    steps: int = Field(3000, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    scale_lr: bool = True
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    resolution: int | None = None
+    mask_mode: Literal["object", "full"] = "object"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    checkpoint_every: int = Field(500, ge=1)
+    seed: int = 0
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class RetrainConfig(Section):
+    lambdas: dict[str, float] | float = Field(6.0, description="λ_c per class name, or one value for all")
+    last_layer_only: bool = False
+    epochs: int = Field(5, ge=1)
+    lr: float = Field(1e-4, gt=0)
+
+
+class RaydbbConfig(Section):
+    """A whole run. ``out`` is the run folder; everything the run writes lives under it."""
+
+    out: str = "runs/default"
+    seed: int = 0
+    device: Literal["cpu", "cuda"] = "cpu"
+    data: DataConfig = DataConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    train: TrainConfig = TrainConfig()
+    ray: RayConfig = RayConfig()
+    select: SelectConfig = SelectConfig()
+    mask: MaskConfig = MaskConfig()
+    inpaint: InpaintConfig = InpaintConfig()
+    prune: PruneConfig = PruneConfig()
+    invert: InvertConfig = InvertConfig()
+    retrain: RetrainConfig = RetrainConfig()
+
+    def to_yaml(self, path: str | Path) -> None:
+        """Write the fully resolved config (every default spelled out)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {key} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """Turn ``["train.epochs=3", "data.root=/x"]`` into a nested dict; values are parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _one_line(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown field")
+        else:
+            parts.append(f"{where}={e.get('input')!r}: {e['msg']}")
+    return "config error: " + "; ".join(parts)
+
+
+def build_config(tree: dict[str, Any]) -> RaydbbConfig:
+    """Validate a nested dict into a :class:`RaydbbConfig`, raising a one-line :class:`ConfigError`."""
+    try:
+        return RaydbbConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RaydbbConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply CLI overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found; expected a YAML file")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+        tree = loaded
+    return build_config(_merge(tree, parse_overrides(overrides)))

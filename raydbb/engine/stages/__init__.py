@@ -1,0 +1,1 @@
+"""One generation stage per module."""
