@@ -2,7 +2,8 @@
 # The virtual environment lives outside the checkout, keyed by a hash of the dependency spec,
 # so a clean clone (CI) reuses it instead of reinstalling several GB of wheels.
 PYTHON ?= python3
-SPEC_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Only the dependency lists count: editing pytest or ruff settings must not trigger a reinstall.
+SPEC_HASH := $(shell $(PYTHON) -c "import tomllib,json;p=tomllib.load(open('pyproject.toml','rb'))['project'];print(json.dumps([p['dependencies'],p.get('optional-dependencies')],sort_keys=True))" | sha256sum | cut -c1-12)
 VENV ?= $(HOME)/.cache/raydbb/venv-$(SPEC_HASH)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -11,10 +12,10 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint bench venv clean
 
-$(STAMP): pyproject.toml
+$(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned to the builds in the local wheel cache, so pip does not pick another.
+	@# torch first, pinned to the builds in the local wheel cache, so pip does not pick another.
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install -q torch torchvision
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
