@@ -85,7 +85,31 @@ class SelectConfig(Section):
     per_class_fraction: dict[str, float] | None = Field(None, description="α_y by class name")
     token_pool_source: Literal["high_loss", "val_minority"] = "high_loss"
     token_pool_size: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=1)
+    resources: StageResources = Field(
+        StageResources(batch_size=64, model_batch_size=64),
+        description="scoring stage (per-sample loss of the ERM model on every training image)",
+    )
+
+    @model_validator(mode="after")
+    def _needs_fraction_or_count(self) -> SelectConfig:
+        if self.fraction is None and self.count is None:
+            raise ValueError("select: set fraction (α_y) or count (k_y)")
+        for name, alpha in (self.per_class_fraction or {}).items():
+            if not 0 < alpha <= 1:
+                raise ValueError(f"select.per_class_fraction.{name}={alpha}: expected a share in (0, 1]")
+        return self
+
+
+class GenerateConfig(Section):
+    """The generation run around the model stages: ERM checkpoint, I/O stages, manifest parts."""
+
+    classifier: str | None = Field(None, description="ERM checkpoint folder; None = <out>/erm")
+    io: StageResources = Field(
+        StageResources(num_cpus=0.25, batch_size=16, model_batch_size=16),
+        description="load/expand/write stages (plain Ray tasks; actors and model_batch_size unused)",
+    )
+    manifest_rows_per_part: int = Field(2000, ge=1, description="rows per manifest Parquet part")
+    flush_seconds: float = Field(60.0, gt=0, description="write a manifest part at least this often")
 
 
 class MaskConfig(Section):
@@ -159,6 +183,7 @@ class RaydbbConfig(Section):
     train: TrainConfig = TrainConfig()
     ray: RayConfig = RayConfig()
     select: SelectConfig = SelectConfig()
+    generate: GenerateConfig = GenerateConfig()
     mask: MaskConfig = MaskConfig()
     inpaint: InpaintConfig = InpaintConfig()
     prune: PruneConfig = PruneConfig()

@@ -10,6 +10,8 @@ Rows that an earlier stage already decided (``prune_reason`` set, e.g. ``no_mask
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,11 @@ class Stage:
         """Images per forward pass inside one call (may differ from :attr:`batch_size`)."""
         return self.resources.model_batch_size
 
+    @property
+    def device(self) -> str:
+        """``"cuda"`` when the config gives this stage GPUs, else ``"cpu"`` (never probed)."""
+        return "cuda" if self.resources.num_gpus > 0 else "cpu"
+
     def setup(self) -> None:
         """Load models; runs once per actor (or once per process for a plain loop)."""
 
@@ -54,9 +61,58 @@ class Stage:
         return {"name": self.name, "stateful": self.stateful, **self.resources.model_dump()}
 
 
+def num_rows(batch: Batch) -> int:
+    """Number of rows in a batch (0 for an empty dict)."""
+    return len(next(iter(batch.values()))) if batch else 0
+
+
+def object_column(items: Sequence[np.ndarray]) -> np.ndarray:
+    """A 1-D object array holding one array per row.
+
+    ``np.array(list_of_arrays)`` would stack same-shaped arrays into one block (or fail on ragged
+    ones); this never does, so image columns look the same whatever the shapes in the batch.
+    Ray Data stores such a column as a variable-shaped tensor and hands it back as an object
+    array (or, when all rows share a shape, as a stacked array: index rows, never assume either).
+    """
+    col = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        col[i] = item
+    return col
+
+
+def empty_image() -> np.ndarray:
+    """Placeholder for "no image" in an image column (Ray Data cannot store ``None`` there)."""
+    return np.zeros((0, 0, 3), dtype=np.uint8)
+
+
+def empty_mask() -> np.ndarray:
+    """Placeholder for "no mask" in a mask column."""
+    return np.zeros((0, 0), dtype=np.uint8)
+
+
+def is_empty(array: Any) -> bool:
+    """True for a missing/placeholder array (``None`` or zero-sized)."""
+    return array is None or np.asarray(array).size == 0
+
+
+def timed_call(stage: Stage, batch: Batch) -> Batch:
+    """Call ``stage`` on ``batch`` and record its wall time per row as ``t_<stage.name>``.
+
+    A stage that measures itself (e.g. model time only) sets that column and is left alone.
+    Both executors (Ray adapter and plain loop) go through here, so their timings compare.
+    """
+    start = time.perf_counter()
+    out = stage(batch)
+    key = f"t_{stage.name}"
+    n = num_rows(out)
+    if key not in out and n:
+        out[key] = np.full(n, (time.perf_counter() - start) / n, dtype=np.float64)
+    return out
+
+
 def pending_rows(batch: Batch) -> np.ndarray:
     """Boolean index of rows no earlier stage has decided (empty ``prune_reason``)."""
-    n = len(next(iter(batch.values()))) if batch else 0
+    n = num_rows(batch)
     if "prune_reason" not in batch:
         return np.ones(n, dtype=bool)
     return np.array([not r for r in batch["prune_reason"]], dtype=bool)
