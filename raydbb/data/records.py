@@ -8,12 +8,13 @@ and :class:`raydbb.data.torch_dataset.ImageRecords` for training.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 from raydbb.errors import DataError
+from raydbb.ids import sanitize_id
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("sample_id", "path", "label", "spurious", "group", "split", "mask")
@@ -72,8 +73,28 @@ class RecordSet:
         table = self.frame.groupby(["split", "group"]).size().rename("count").reset_index()
         table["group_name"] = [self.group_name(int(g)) for g in table["group"]]
         order = {s: i for i, s in enumerate(SPLITS)}
-        table = table.sort_values(by=["split", "group"], key=lambda c: c.map(order) if c.name == "split" else c)
+        table = table.sort_values(
+            by=["split", "group"], key=lambda c: c.map(order) if c.name == "split" else c
+        )
         return table.reset_index(drop=True)
+
+    def split_group_counts(self) -> dict[str, dict[str, int]]:
+        """``{split: {group name: count}}`` for every split present, listing empty groups as 0.
+
+        Rows without a spurious label are counted under ``"unknown"``.
+        """
+        result: dict[str, dict[str, int]] = {}
+        for split in SPLITS:
+            rows = self.frame[self.frame["split"] == split]
+            if rows.empty:
+                continue
+            per_group = rows["group"].value_counts()
+            counts = {name: int(per_group.get(g, 0)) for g, name in enumerate(self.group_names())}
+            n_unknown = int(per_group.get(UNKNOWN, 0))
+            if n_unknown:
+                counts["unknown"] = n_unknown
+            result[split] = counts
+        return result
 
 
 def make_frame(
@@ -101,7 +122,8 @@ def make_frame(
             "spurious": spur_arr,
             "group": group.astype(np.int64),
             "split": list(split),
-            "mask": list(mask) if mask is not None else [None] * len(label_arr),
+            # object dtype keeps None for "no mask" (pandas 3 would turn a str column's None into NaN)
+            "mask": pd.Series(list(mask) if mask is not None else [None] * len(label_arr), dtype=object),
         }
     )
 
@@ -122,8 +144,60 @@ def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> Non
             raise DataError(f"{source}: missing column {col!r}; found {list(frame.columns)}")
 
 
-def check_images_exist(paths: pd.Series, source: str) -> None:
-    """Fail with one line naming the first image path that does not exist (and how many are missing)."""
+def check_images_exist(paths: pd.Series, source: str, what: str = "image") -> None:
+    """Fail with one line naming the first file that does not exist (and how many are missing)."""
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
-        raise DataError(f"{source}: image {missing[0]} not found ({len(missing)} missing in total)")
+        raise DataError(f"{source}: {what} {missing[0]} not found ({len(missing)} missing in total)")
+
+
+# Split codes used by WILDS Waterbirds, CelebA's list_eval_partition.txt and the generic CSV.
+SPLIT_CODES = {"0": "train", "1": "val", "2": "test"}
+
+
+def parse_splits(values: pd.Series, source: str, allow_names: bool = True) -> list[str]:
+    """Map split cells (``0/1/2`` or, if ``allow_names``, ``train/val/test``) to split names.
+
+    Fails with one line naming the first unknown value, its row and the accepted values.
+    """
+    accepted = dict(SPLIT_CODES)
+    if allow_names:
+        accepted.update({s: s for s in SPLITS})
+    text = values.astype(str).str.strip()
+    bad = ~text.isin(list(accepted))
+    if bad.any():
+        pos = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{source}: unknown split value {text.iloc[pos]!r} (row {pos + 1}); expected one of "
+            f"{sorted(accepted)}"
+        )
+    return [accepted[t] for t in text]
+
+
+def parse_codes(values: pd.Series, names: list[str], column: str, source: str) -> np.ndarray:
+    """Integer codes ``0..len(names)-1`` from a column of ints; fails on anything else.
+
+    Used for datasets whose attributes are stored as integers (Waterbirds ``y``/``place``).
+    """
+    codes = pd.to_numeric(values, errors="coerce")
+    bad = codes.isna() | ~codes.isin(range(len(names)))
+    if bad.any():
+        pos = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{source}: column {column!r} has value {values.iloc[pos]!r} (row {pos + 1}); expected "
+            f"an integer in 0..{len(names) - 1} ({', '.join(f'{i}={n}' for i, n in enumerate(names))})"
+        )
+    return codes.to_numpy(dtype=np.int64)
+
+
+def ids_from_paths(rel_paths: list[str]) -> list[str]:
+    """Stable, filesystem-safe sample ids from image paths relative to the dataset root.
+
+    The id is the relative path without its extension, sanitised (``sanitize_id`` appends a short
+    hash whenever characters had to be replaced, so ``a/b`` and ``a_b`` stay distinct).
+    """
+    ids = []
+    for rel in rel_paths:
+        posix = PurePosixPath(str(rel).replace("\\", "/"))
+        ids.append(sanitize_id(str(posix.with_suffix(""))))
+    return ids
