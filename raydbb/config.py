@@ -150,19 +150,63 @@ class PruneConfig(Section):
     resources: StageResources = StageResources(batch_size=16, model_batch_size=64)
 
 
+# Prompt templates for textual inversion: each names the learned token AND the dataset's class
+# name, like the inference prompt ``inpaint.prompt_template`` (never a hard-coded noun).
+INVERT_TEMPLATES = (
+    "a photo of a {token} {class_name}",
+    "a rendering of a {token} {class_name}",
+    "a cropped photo of the {token} {class_name}",
+    "the photo of a {token} {class_name}",
+    "a close-up photo of a {token} {class_name}",
+    "a bright photo of the {token} {class_name}",
+    "a dark photo of the {token} {class_name}",
+    "a good photo of a {token} {class_name}",
+    "a photo of one {token} {class_name}",
+    "a photo of the small {token} {class_name}",
+    "a photo of the large {token} {class_name}",
+    "a blurry photo of a {token} {class_name}",
+)
+
+
 class InvertConfig(Section):
-    initializer: dict[str, str] | None = Field(None, description="class name -> initializer word")
-    steps: int = Field(3000, ge=1)
-    lr: float = Field(5e-4, gt=0)
-    scale_lr: bool = True
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    resolution: int | None = None
-    mask_mode: Literal["object", "full"] = "object"
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    checkpoint_every: int = Field(500, ge=1)
+    """Textual inversion (``raydbb invert``): one learned token per class, paper Eq. 1."""
+
+    classes: list[str] | None = Field(None, description="class names to invert; None = every class")
+    initializer: dict[str, str] | None = Field(
+        None, description="class name -> one-token initializer; default: class name, else its last word")
+    tokens: dict[str, str] | None = Field(
+        None, description="class name -> placeholder token; default <name-causal>")
+    templates: list[str] = Field(list(INVERT_TEMPLATES), min_length=1,
+                                 description="prompt templates with {token} and {class_name}")
+    steps: int = Field(3000, ge=1, description="optimiser steps per class")
+    lr: float = Field(5e-4, gt=0, description="base learning rate (AdamW)")
+    scale_lr: bool = Field(True, description="multiply lr by batch_size * grad_accum")
+    batch_size: int = Field(1, ge=1, description="images per forward pass")
+    grad_accum: int = Field(4, ge=1, description="forward passes per optimiser step")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay (on the token only)")
+    resolution: int | None = Field(None, ge=8, description="training side in pixels; None = model default")
+    mask_mode: Literal["object", "full"] = Field(
+        "object", description="inpainting mask during training: the object's mask, or the full frame")
+    flip: bool = Field(True, description="random horizontal flips")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="UNet/VAE dtype; needs device=cuda")
+    checkpoint_every: int = Field(500, ge=1, description="steps between resumable checkpoints")
     seed: int = 0
-    num_gpus: float = Field(0.0, ge=0)
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per class task; None = 1 if device=cuda else 0")
+    num_cpus: float = Field(1.0, gt=0, description="logical CPUs per class task")
+
+    @model_validator(mode="after")
+    def _templates_name_token_and_class(self) -> InvertConfig:
+        for t in self.templates:
+            if "{token}" not in t or "{class_name}" not in t:
+                raise ValueError(f"invert.templates: {t!r} must contain {{token}} and {{class_name}}")
+            try:
+                t.format(token="", class_name="")
+            except (KeyError, IndexError, ValueError) as err:
+                raise ValueError(f"invert.templates: {t!r} has a field other than {{token}}/{{class_name}} "
+                                 f"({err})") from None
+        return self
 
 
 class RetrainConfig(Section):
