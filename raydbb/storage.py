@@ -1,0 +1,192 @@
+"""Inputs and outputs as local paths or URIs (``s3://``, ``gs://``, ``file://``, ...).
+
+Every function takes a *location*: a local path (``str`` or :class:`~pathlib.Path`) or a URI that
+:meth:`pyarrow.fs.FileSystem.from_uri` understands, and optionally an explicit ``filesystem``
+(then the location is a path inside it — how tests use :class:`pyarrow.fs.SubTreeFileSystem` or
+an in-memory filesystem, and how a caller reuses one S3 client for many files).
+
+Writes are atomic where the filesystem allows it: on local-like filesystems the bytes go to a
+hidden temporary name in the same folder and are moved into place, so a reader never sees half a
+file; on object stores (S3, GCS) an object only becomes visible when its upload completes, so
+the write goes straight to the final key.
+
+Credentials and regions come from pyarrow's usual sources (environment variables, instance
+metadata, ``~/.aws``); nothing here reads or stores them.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from raydbb.errors import DataError
+
+# A scheme is 2+ characters, so Windows drive letters (``C:\``) are not taken for URIs.
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+# Object stores publish an object atomically when its upload completes; no temp + move needed.
+_OBJECT_STORES = {"s3", "gcs"}
+
+@dataclass(frozen=True)
+class Resolved:
+    """A location resolved to ``(filesystem, path inside it)``; ``uri`` is what the user gave."""
+
+    filesystem: pafs.FileSystem
+    path: str
+    uri: str
+
+
+def is_uri(location: str | Path) -> bool:
+    """True for ``scheme://...`` strings (``s3://b/k``, ``file:///tmp/x``), False for plain paths."""
+    return isinstance(location, str) and bool(_URI.match(location))
+
+
+def resolve(location: str | Path, filesystem: pafs.FileSystem | None = None) -> Resolved:
+    """The filesystem and inner path of ``location``.
+
+    Local paths become absolute paths on :class:`pyarrow.fs.LocalFileSystem` (``~`` expanded);
+    URIs go through :meth:`pyarrow.fs.FileSystem.from_uri`. With ``filesystem`` given, the
+    location is taken as a path inside it, unchanged.
+    """
+    text = str(location)
+    if filesystem is not None:
+        return Resolved(filesystem, text, text)
+    if is_uri(text):
+        try:
+            fs, path = pafs.FileSystem.from_uri(text)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
+            raise DataError(f"cannot open {text}: {err}; expected a local path or a URI "
+                            "pyarrow supports (s3://, gs://, file://, hdfs://)") from None
+        return Resolved(fs, path, text)
+    return Resolved(pafs.LocalFileSystem(), str(Path(text).expanduser().absolute()), text)
+
+
+def join(base: str | Path, *parts: str) -> str:
+    """Join ``parts`` onto a path or URI with ``/`` (a URI keeps its scheme and authority).
+
+    Parts are relative names; ``..`` and absolute parts are refused so a joined location never
+    leaves ``base``.
+    """
+    for part in parts:
+        pure = PurePosixPath(part)
+        if pure.is_absolute() or ".." in pure.parts:
+            raise DataError(f"path part {part!r} must be relative and stay inside {base}")
+    if is_uri(str(base)):
+        return posixpath.join(str(base).rstrip("/"), *parts)
+    return str(Path(base).joinpath(*parts))
+
+
+def local_path(location: str | Path) -> Path | None:
+    """The local :class:`~pathlib.Path` of a plain path or ``file://`` URI; None for remote URIs."""
+    if not is_uri(str(location)):
+        return Path(location).expanduser()
+    if str(location).startswith("file://"):
+        return Path(resolve(location).path)
+    return None
+
+
+def _info(res: Resolved) -> pafs.FileInfo:
+    return res.filesystem.get_file_info(res.path)
+
+
+def exists(location: str | Path, filesystem: pafs.FileSystem | None = None) -> bool:
+    """True when a file or folder exists at ``location``."""
+    return _info(resolve(location, filesystem)).type != pafs.FileType.NotFound
+
+
+def is_file(location: str | Path, filesystem: pafs.FileSystem | None = None) -> bool:
+    """True when ``location`` is a file."""
+    return _info(resolve(location, filesystem)).type == pafs.FileType.File
+
+
+def is_dir(location: str | Path, filesystem: pafs.FileSystem | None = None) -> bool:
+    """True when ``location`` is a folder (on object stores: a non-empty prefix or a marker)."""
+    return _info(resolve(location, filesystem)).type == pafs.FileType.Directory
+
+
+def makedirs(location: str | Path, filesystem: pafs.FileSystem | None = None) -> None:
+    """Create a folder and its parents (no error when it exists)."""
+    res = resolve(location, filesystem)
+    res.filesystem.create_dir(res.path, recursive=True)
+
+
+def listdir(location: str | Path, filesystem: pafs.FileSystem | None = None,
+            include_hidden: bool = False) -> list[str]:
+    """Sorted names (not paths) directly inside a folder; hidden names (``.x``) left out by default.
+
+    A missing folder is a :class:`~raydbb.errors.DataError`.
+    """
+    res = resolve(location, filesystem)
+    if _info(res).type != pafs.FileType.Directory:
+        raise DataError(f"{res.uri} is not a folder")
+    infos = res.filesystem.get_file_info(pafs.FileSelector(res.path, recursive=False))
+    names = sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
+    return names if include_hidden else [n for n in names if not n.startswith(".")]
+
+
+def read_bytes(location: str | Path, filesystem: pafs.FileSystem | None = None) -> bytes:
+    """The whole content of a file; a missing file is a one-line :class:`DataError`."""
+    res = resolve(location, filesystem)
+    if _info(res).type != pafs.FileType.File:
+        raise DataError(f"{res.uri} not found; expected a file")
+    with res.filesystem.open_input_stream(res.path) as handle:
+        return handle.read()
+
+
+def read_text(location: str | Path, filesystem: pafs.FileSystem | None = None,
+              encoding: str = "utf-8") -> str:
+    """A text file's content."""
+    return read_bytes(location, filesystem).decode(encoding)
+
+
+def _parent(path: str) -> str:
+    return posixpath.dirname(path.rstrip("/"))
+
+
+def write_bytes(location: str | Path, data: bytes, filesystem: pafs.FileSystem | None = None) -> str:
+    """Write ``data`` to ``location`` (parents created) so readers see the old or the new file only.
+
+    Returns the location as given. Local-like filesystems: temporary hidden name in the same
+    folder, then a move (a rename on one filesystem). Object stores: a direct upload, which is
+    already all-or-nothing.
+    """
+    res = resolve(location, filesystem)
+    fs = res.filesystem
+    parent = _parent(res.path)
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    if fs.type_name in _OBJECT_STORES:
+        with fs.open_output_stream(res.path) as handle:
+            handle.write(data)
+        return res.uri
+    tmp = posixpath.join(parent, f".{posixpath.basename(res.path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with fs.open_output_stream(tmp) as handle:
+            handle.write(data)
+        fs.move(tmp, res.path)
+    except BaseException:
+        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(tmp)
+        raise
+    return res.uri
+
+
+def write_text(location: str | Path, text: str, filesystem: pafs.FileSystem | None = None,
+               encoding: str = "utf-8") -> str:
+    """Write a text file atomically (see :func:`write_bytes`)."""
+    return write_bytes(location, text.encode(encoding), filesystem)
+
+
+def delete(location: str | Path, filesystem: pafs.FileSystem | None = None) -> None:
+    """Delete a file, or a folder with everything in it; a missing location is not an error."""
+    res = resolve(location, filesystem)
+    kind = _info(res).type
+    if kind == pafs.FileType.File:
+        res.filesystem.delete_file(res.path)
+    elif kind == pafs.FileType.Directory:
+        res.filesystem.delete_dir(res.path)

@@ -1,0 +1,97 @@
+"""raydbb.storage: local paths, file:// URIs, pyarrow sub-tree and in-memory filesystems."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from raydbb import storage
+from raydbb.errors import DataError
+
+
+def test_local_path_round_trip_creates_parents_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "c.bin"
+    storage.write_bytes(target, b"\x00\x01payload")
+    assert target.read_bytes() == b"\x00\x01payload"
+    assert storage.read_bytes(str(target)) == b"\x00\x01payload"
+    assert storage.exists(target) and storage.is_file(target) and storage.is_dir(tmp_path / "a")
+    assert not storage.is_dir(target)
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["c.bin"]  # no .tmp left
+
+
+def test_file_uri_addresses_the_same_files_as_the_local_path(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/run/config.yaml"
+    storage.write_text(uri, "out: x\n")
+    assert (tmp_path / "run" / "config.yaml").read_text() == "out: x\n"
+    assert storage.read_text(str(tmp_path / "run" / "config.yaml")) == "out: x\n"
+    assert storage.listdir(f"file://{tmp_path}/run") == ["config.yaml"]
+    assert storage.local_path(uri) == tmp_path / "run" / "config.yaml"
+    assert storage.local_path("s3://bucket/run/config.yaml") is None  # remote: no local path
+
+
+def test_overwrite_replaces_content_and_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+    storage.write_text(target, "old")
+    storage.write_text(target, "new")
+    assert target.read_text() == "new"
+    with pytest.raises(TypeError):
+        storage.write_bytes(target, object())  # type: ignore[arg-type]  # fails inside the write
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_listdir_hides_hidden_names_and_refuses_a_missing_folder(tmp_path: Path) -> None:
+    for name in ("b.parquet", "a.parquet", ".part.tmp"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    assert storage.listdir(tmp_path) == ["a.parquet", "b.parquet", "sub"]
+    assert storage.listdir(tmp_path, include_hidden=True) == [".part.tmp", "a.parquet", "b.parquet", "sub"]
+    with pytest.raises(DataError, match=r"missing is not a folder"):
+        storage.listdir(tmp_path / "missing")
+
+
+def test_missing_file_is_a_one_line_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nope\.bin not found; expected a file"):
+        storage.read_bytes(f"file://{tmp_path}/nope.bin")
+
+
+def test_subtree_filesystem_keeps_paths_inside_its_root(tmp_path: Path) -> None:
+    storage.makedirs(tmp_path / "bucket")
+    fs = pafs.SubTreeFileSystem(str(tmp_path / "bucket"), pafs.LocalFileSystem())
+    storage.write_bytes("run/manifest/part-0.parquet", b"PAR1", filesystem=fs)
+    assert (tmp_path / "bucket" / "run" / "manifest" / "part-0.parquet").read_bytes() == b"PAR1"
+    assert storage.listdir("run/manifest", filesystem=fs) == ["part-0.parquet"]
+    assert storage.read_bytes("run/manifest/part-0.parquet", filesystem=fs) == b"PAR1"
+    storage.delete("run", filesystem=fs)
+    assert not storage.exists("run", filesystem=fs)
+    assert not (tmp_path / "bucket" / "run").exists()
+
+
+def test_in_memory_filesystem_round_trip_and_atomic_move() -> None:
+    fs = pafs._MockFileSystem()  # pyarrow's in-memory filesystem (what the mock:// scheme builds)
+    storage.write_text("out/.steps/generate.json", '{"done": true}', filesystem=fs)
+    assert storage.read_text("out/.steps/generate.json", filesystem=fs) == '{"done": true}'
+    assert storage.listdir("out/.steps", filesystem=fs, include_hidden=True) == ["generate.json"]
+    assert storage.is_dir("out", filesystem=fs)
+    storage.delete("out/.steps/generate.json", filesystem=fs)
+    assert not storage.exists("out/.steps/generate.json", filesystem=fs)
+    storage.delete("out/never-written", filesystem=fs)  # missing: not an error
+
+
+def test_uri_detection_join_and_resolution(tmp_path: Path) -> None:
+    assert storage.is_uri("s3://bucket/key") and storage.is_uri("gs://b/k") and storage.is_uri("file:///x")
+    assert not storage.is_uri("C:\\data") and not storage.is_uri("runs/demo") and not storage.is_uri(tmp_path)
+    assert storage.join("s3://bucket/runs/", "demo", "manifest") == "s3://bucket/runs/demo/manifest"
+    assert storage.join(tmp_path, "a", "b.png") == str(tmp_path / "a" / "b.png")
+    with pytest.raises(DataError, match=r"must be relative"):
+        storage.join("gs://bucket/run", "../other")
+    with pytest.raises(DataError, match=r"must be relative"):
+        storage.join(tmp_path, "/etc/passwd")
+    res = storage.resolve("gs://bucket/runs/demo")  # no network needed to build the client
+    assert (res.filesystem.type_name, res.path) == ("gcs", "bucket/runs/demo")
+    local = storage.resolve("~/x")
+    assert local.filesystem.type_name == "local" and local.path == str(Path.home() / "x")
+    with pytest.raises(DataError, match=r"cannot open nosuchscheme://x"):
+        storage.resolve("nosuchscheme://x")
