@@ -1,4 +1,4 @@
-"""The two prune rules of DDB (DESIGN §2 step 6) as pure numpy functions, plus the τ file.
+"""The two prune rules of DDB (DESIGN §2 step 6) as pure numpy functions, plus reading τ files.
 
 * Probability rule (Eq. 3): τ_y = mean over **all** training images of class y of p_y(x). A repaint
   x' of a class-y source is dropped (reason ``"prob"``) when p_y(x') >= τ_y: the classifier still
@@ -79,18 +79,9 @@ def decide(
     return reasons
 
 
-def save_tau(path: str | Path, tau: np.ndarray, class_names: list[str] | None = None) -> None:
-    """Write τ per class as JSON ``{"tau": [...], "class_names": [...]}`` (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    payload = {"tau": [float(v) for v in np.asarray(tau, dtype=np.float64)], "class_names": class_names}
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def load_tau(path: str | Path) -> np.ndarray:
-    """Read a τ file written by :func:`save_tau` (or a bare JSON list of floats)."""
+    """τ per class index from a JSON file: ``OUT/tau.json`` as ``raydbb generate`` writes it
+    (``{"tau": [...], ...}``; ``null`` = class without scored images -> NaN) or a bare list."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"tau file {path} not found; expected JSON {{\"tau\": [...]}}")
@@ -99,9 +90,11 @@ def load_tau(path: str | Path) -> np.ndarray:
     except json.JSONDecodeError as err:
         raise DataError(f"tau file {path}: not valid JSON ({err.msg})") from None
     values = payload.get("tau") if isinstance(payload, dict) else payload
-    if not isinstance(values, list) or not values or not all(isinstance(v, (int, float)) for v in values):
+    numbers = isinstance(values, list) and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values)
+    if not numbers or not values:
         raise DataError(f"tau file {path}: expected a non-empty list of numbers under \"tau\"")
-    tau = np.asarray(values, dtype=np.float64)
+    tau = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     if ((tau < 0) | (tau > 1)).any():
         raise DataError(f"tau file {path}: values {tau.tolist()} must lie in [0, 1]")
     return tau
