@@ -118,6 +118,8 @@ class MaskConfig(Section):
     segmenter: str = "facebook/sam-vit-base"
     box_threshold: float = Field(0.3, ge=0, le=1)
     text_threshold: float = Field(0.25, ge=0, le=1)
+    text_prompts: dict[str, str] | None = Field(
+        None, description="text: class name -> detector prompt (default: the class name itself)")
     attribution_quantile: float = Field(0.8, gt=0, lt=1)
     dilate: int = Field(0, ge=0, description="dilation radius in pixels")
     min_area: float = Field(0.002, ge=0, lt=1, description="smaller mask share = degenerate")

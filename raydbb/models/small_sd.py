@@ -113,8 +113,8 @@ class SmallSDSizes:
 
 
 @contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    # Fork the global RNG so building a model never perturbs the caller's random stream.
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's CPU RNG seeded to ``seed``, restoring the caller's RNG state after."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
@@ -194,7 +194,7 @@ def make_small_inpaint_pipeline(
     ``sizes`` are :class:`SmallSDSizes` fields; an unknown name raises ``TypeError``.
     """
     s = SmallSDSizes(**sizes)
-    with _seeded(seed):
+    with seeded(seed):
         vae = _vae(s)
         unet = _unet(s)
         text_encoder = _text_encoder(s, tokenizer)
