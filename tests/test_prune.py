@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -119,7 +120,8 @@ def make_batch(n_pending: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
 def run_stage(checkpoint, batch, tau=(0.5, 0.5), **cfg) -> dict[str, np.ndarray]:
     resources = {"batch_size": 16, "model_batch_size": 12}
     cfg = PruneConfig(ig_steps=8, resources=resources, **cfg)
-    stage = PruneStage(cfg, classifier_dir=checkpoint, tau=tau)
+    # shipped to the actor before setup(), as the Ray adapter does
+    stage = pickle.loads(pickle.dumps(PruneStage(cfg, classifier_dir=checkpoint, tau=tau)))
     stage.setup()
     return stage(batch)
 
