@@ -33,6 +33,21 @@ class StageResources(Section):
     model_batch_size: int = Field(8, ge=1, description="images per forward pass inside a call")
 
 
+class SyntheticConfig(Section):
+    """The embedded synthetic benchmark that the pipeline draws into ``data.root`` when it is missing.
+
+    ``None`` keeps the writer's default (:func:`raydbb.data.synthetic.write_synthetic`).
+    """
+
+    seed: int | None = Field(None, description="drawing seed; None = the run seed")
+    train_correlation: float | None = Field(None, gt=0, lt=1,
+                                            description="P(background matches class) in train")
+    n_train: int | None = Field(None, ge=1, description="number of train images")
+    n_val: int | None = Field(None, ge=1, description="number of validation images")
+    n_test: int | None = Field(None, ge=1, description="number of test images")
+    size: int | None = Field(None, ge=32, description="image side in pixels")
+
+
 class DataConfig(Section):
     name: Literal["waterbirds", "celeba", "metashift", "csv", "synthetic"] = "synthetic"
     root: str = "runs/demo/data"
@@ -42,6 +57,8 @@ class DataConfig(Section):
     balanced_train: bool = Field(False, description="celeba: class-balanced train subsample")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="metashift: share of test moved to val")
     split_seed: int = 0
+    synthetic: SyntheticConfig = Field(
+        SyntheticConfig(), description="synthetic: benchmark drawn into root when root has no metadata.csv")
 
 
 class ClassifierConfig(Section):
@@ -55,6 +72,8 @@ class ClassifierConfig(Section):
     def _small_cnn_has_no_imagenet(self) -> ClassifierConfig:
         if self.arch == "small_cnn" and self.pretrained:
             raise ValueError("classifier.pretrained=true: small_cnn has no ImageNet weights; set false")
+        if self.weights and not self.pretrained:
+            raise ValueError("classifier.weights is set but classifier.pretrained=false; drop one")
         return self
 
 
@@ -66,7 +85,7 @@ class TrainConfig(Section):
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     augment: bool = True
-    num_workers: int = Field(1, ge=1, description="Ray Train workers")
+    num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 = local mode, in the driver")
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
     loader_workers: int = Field(0, ge=0, description="torch DataLoader processes per Ray worker")

@@ -1,0 +1,362 @@
+"""The whole DDB run as an ordered list of named, resumable steps.
+
+    synth ─ train_erm ─ invert ─ generate ─ evaluate
+
+Each step calls its owning module's function (``write_synthetic``, ``train_erm``,
+``run_inversion``, ``run_generate``, ``evaluate_checkpoint``) — the same code the CLI commands
+run. A finished step leaves a marker ``OUT/.steps/<step>.json`` with a fingerprint of its inputs:
+the config fields it reads (resource settings such as actor counts, batch sizes and the Ray
+address are left out: they change how fast a step runs, not what it computes) and the run ids of
+the steps before it. A rerun skips every step whose fingerprint still matches and whose output
+exists, so a finished run re-run takes seconds. When a step's inputs changed — or a step before
+it ran again — its old outputs are moved to ``OUT/.stale/<time>-<step>/`` (never deleted) and it
+runs again, and so does everything after it; ``on_change="refuse"`` stops with the list of changed
+fields instead.
+
+The resolved config (every default spelled out, ``inpaint.tokens_dir`` pointed at ``OUT/tokens``)
+is written to ``OUT/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from raydbb import storage
+from raydbb.config import RaydbbConfig
+from raydbb.errors import ConfigError, RaydbbError
+from raydbb.ids import safe_join
+
+STEPS_DIR = ".steps"
+STALE_DIR = ".stale"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+TOKENS_DIR = "tokens"
+
+# Checkpoints the evaluate step scores, by entry name in OUT/metrics.json -> folder under OUT.
+# The retrain step adds its own ("ddb") here.
+CHECKPOINTS: dict[str, str] = {"erm": "erm"}
+
+# Config fields that only decide how fast or where a step runs; changing them re-runs nothing.
+RESOURCE_FIELDS = frozenset({
+    "out", "device", "train.num_workers", "train.cpus_per_worker", "train.use_gpu", "train.loader_workers",
+    "invert.num_gpus", "invert.num_cpus", "generate.manifest_rows_per_part", "generate.flush_seconds",
+})
+RESOURCE_SECTIONS = ("ray", "generate.io")  # whole sections of resource settings
+RESOURCE_LEAF = "resources"  # every stage's StageResources (actors, GPUs, batch sizes)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named step: what it reads, how it runs, what it leaves behind."""
+
+    name: str
+    help: str
+    inputs: tuple[str, ...]
+    """Dotted config prefixes the step's result depends on (``"inpaint"``, ``"data.root"``)."""
+    run: Callable[[RaydbbConfig, bool], dict[str, Any]]
+    """``run(cfg, progress) -> summary`` (small, JSON-serialisable)."""
+    done_file: Callable[[RaydbbConfig], Path]
+    """A file that exists once the step has finished (a marker alone is not trusted)."""
+    outputs: Callable[[RaydbbConfig], list[Path]]
+    """What the step writes; moved to ``OUT/.stale`` before it re-runs with changed inputs."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps: thin calls into the owning modules (imported lazily so a rerun that skips everything
+# does not import torch, Ray or diffusers).
+
+
+def _synth(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
+    from raydbb.data.synthetic import write_synthetic
+
+    syn = cfg.data.synthetic
+    given = {k: v for k, v in syn.model_dump().items() if k != "seed" and v is not None}
+    seed = cfg.seed if syn.seed is None else syn.seed
+    root = write_synthetic(cfg.data.root, seed=seed, progress=progress, **given)
+    return {"root": str(root), "seed": seed, **given}
+
+
+def _train_erm(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
+    from raydbb.training.erm import train_erm
+    from raydbb.training.metrics import format_group_table
+
+    result = train_erm(cfg)
+    print(format_group_table(result.metrics, title=f"ERM: epoch {result.best_epoch} selected by val "
+                                                   f"worst-group accuracy ({result.checkpoint_dir})"))
+    return {"checkpoint": str(result.checkpoint_dir), "best_epoch": result.best_epoch,
+            "worst_group_accuracy": {s: m["worst_group_accuracy"] for s, m in result.metrics.items()}}
+
+
+def _invert(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
+    from raydbb.textual_inversion import run_inversion
+
+    results = run_inversion(cfg, progress=progress)
+    for r in results:
+        print(f"  token {r['token']} for {r['class_name']}: {r['status']}")
+    return {"classes": results}
+
+
+def _generate(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
+    from raydbb.engine.pipeline import format_summary, run_generate
+
+    summary = run_generate(cfg, progress=progress)
+    print(format_summary(summary))
+    return summary
+
+
+def _evaluate(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
+    from raydbb.data.registry import load_records
+    from raydbb.training.evaluate import evaluate_checkpoint
+    from raydbb.training.metrics import format_group_table
+
+    records = load_records(cfg.data)
+    doc: dict[str, Any] = {}
+    for name, folder in CHECKPOINTS.items():
+        ckpt = safe_join(cfg.out, folder)
+        metrics = evaluate_checkpoint(ckpt, records, ("val", "test"), device=cfg.device, progress=progress)
+        doc[name] = {**metrics, "run": {"checkpoint": str(ckpt), "dataset": records.name,
+                                        "data_root": str(cfg.data.root)}}
+        print(format_group_table(metrics, title=f"{name}: {ckpt} on {records.name}"))
+    storage.write_text(Path(cfg.out) / METRICS_FILE, json.dumps(doc, indent=2) + "\n")
+    return {name: {split: m["worst_group_accuracy"] for split, m in entry.items() if split != "run"}
+            for name, entry in doc.items()}
+
+
+SYNTH = Step(
+    "synth", "draw the synthetic benchmark into data.root (only when it has no metadata.csv)",
+    ("data.name", "data.root", "data.synthetic", "seed"), _synth,
+    done_file=lambda c: Path(c.data.root) / "metadata.csv",
+    outputs=lambda c: [p for p in [Path(c.data.root).resolve()] if _inside(p, c.out)],
+)
+TRAIN_ERM = Step(
+    "train_erm", "train the ERM classifier, select on val worst-group accuracy -> OUT/erm",
+    ("data", "classifier", "train"), _train_erm,
+    done_file=lambda c: safe_join(c.out, "erm", "classifier.json"),
+    outputs=lambda c: [safe_join(c.out, "erm")],
+)
+INVERT = Step(
+    "invert", "token pool + one learned token per class (textual inversion) -> OUT/tokens",
+    ("invert", "inpaint.model", "select", "mask", "generate.classifier", "seed"), _invert,
+    done_file=lambda c: safe_join(c.out, TOKENS_DIR),
+    outputs=lambda c: [safe_join(c.out, TOKENS_DIR), safe_join(c.out, "token_pool")],
+)
+GENERATE = Step(
+    "generate", "select, mask, inpaint, prune -> OUT/images, OUT/manifest",
+    ("select", "mask", "inpaint", "prune", "generate", "seed"), _generate,
+    done_file=lambda c: safe_join(c.out, "manifest"),
+    outputs=lambda c: [safe_join(c.out, n) for n in ("manifest", "images", "masks", "select", "tau.json",
+                                                     "generate_config.yaml")],
+)
+EVALUATE = Step(
+    "evaluate", "group metrics of every checkpoint on val and test -> OUT/metrics.json",
+    ("data",), _evaluate,
+    done_file=lambda c: safe_join(c.out, METRICS_FILE),
+    outputs=lambda c: [safe_join(c.out, METRICS_FILE)],
+)
+ALL_STEPS: tuple[Step, ...] = (SYNTH, TRAIN_ERM, INVERT, GENERATE, EVALUATE)
+STEP_NAMES: tuple[str, ...] = tuple(s.name for s in ALL_STEPS)
+
+
+def _inside(path: Path, root: str | Path) -> bool:
+    base = Path(root).resolve()
+    return path == base or base in path.parents
+
+
+# ----------------------------------------------------------------------------------------------
+# Which steps a config runs, and with which inputs
+
+
+def resolve_config(cfg: RaydbbConfig) -> RaydbbConfig:
+    """A copy of ``cfg`` with what the pipeline decides filled in: ``inpaint.tokens_dir`` = OUT/tokens."""
+    resolved = cfg.model_copy(deep=True)
+    if resolved.inpaint.tokens_dir is None:
+        resolved.inpaint.tokens_dir = str(Path(cfg.out) / TOKENS_DIR)
+    return resolved
+
+
+def pipeline_steps(cfg: RaydbbConfig) -> list[Step]:
+    """The steps ``cfg`` runs, in order.
+
+    ``synth`` only for ``data.name=synthetic`` when ``data.root`` has no ``metadata.csv`` yet (or
+    this run folder drew it); ``invert`` unless ``inpaint.tokens_dir`` points at tokens learned
+    elsewhere.
+    """
+    steps: list[Step] = []
+    if cfg.data.name == "synthetic" and (not (Path(cfg.data.root) / "metadata.csv").is_file()
+                                         or _marker_path(cfg.out, SYNTH.name).is_file()):
+        steps.append(SYNTH)
+    steps.append(TRAIN_ERM)
+    tokens = cfg.inpaint.tokens_dir
+    if tokens is None or Path(tokens).resolve() == (Path(cfg.out) / TOKENS_DIR).resolve():
+        steps.append(INVERT)
+    steps += [GENERATE, EVALUATE]
+    return steps
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: tree}
+
+
+def _is_resource(key: str) -> bool:
+    parts = key.split(".")
+    return (key in RESOURCE_FIELDS or RESOURCE_LEAF in parts
+            or any(key == s or key.startswith(s + ".") for s in RESOURCE_SECTIONS))
+
+
+def step_inputs(step: Step, cfg: RaydbbConfig) -> dict[str, Any]:
+    """The config values ``step`` depends on, as ``{dotted.field: value}`` (resource fields left out)."""
+    flat = _flatten(cfg.model_dump(mode="json"))
+    return {k: v for k, v in sorted(flat.items())
+            if not _is_resource(k) and any(k == p or k.startswith(p + ".") for p in step.inputs)}
+
+
+def fingerprint(inputs: dict[str, Any], upstream: dict[str, str | None]) -> str:
+    """Hash of a step's inputs and the run ids of the steps before it."""
+    text = json.dumps({"inputs": inputs, "upstream": upstream}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Markers
+
+
+def _marker_path(out: str | Path, name: str) -> Path:
+    return Path(out) / STEPS_DIR / f"{name}.json"
+
+
+def read_marker(out: str | Path, name: str) -> dict[str, Any] | None:
+    """The marker of a finished step, or None (missing or unreadable: the step counts as not done)."""
+    path = _marker_path(out, name)
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return marker if isinstance(marker, dict) and "fingerprint" in marker else None
+
+
+def _write_marker(out: str | Path, marker: dict[str, Any]) -> None:
+    storage.write_text(_marker_path(out, marker["step"]), json.dumps(marker, indent=2, default=str) + "\n")
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys
+            if old.get(k, "<unset>") != new.get(k, "<unset>")]
+
+
+def _why_changed(marker: dict[str, Any], inputs: dict[str, Any], upstream: dict[str, str | None]) -> str:
+    changed = _changes(marker.get("inputs", {}), inputs)
+    rerun = [n for n, rid in upstream.items() if marker.get("upstream", {}).get(n) != rid]
+    parts = []
+    if changed:
+        parts.append("config changed (" + "; ".join(changed[:6]) + (" ..." if len(changed) > 6 else "") + ")")
+    if rerun:
+        parts.append(f"earlier step(s) {', '.join(rerun)} ran again")
+    return " and ".join(parts) or "its marker is from another raydbb version"
+
+
+def _archive(step: Step, cfg: RaydbbConfig) -> Path | None:
+    """Move the step's existing outputs under ``OUT/.stale/<time>-<step>/``; returns that folder."""
+    out = Path(cfg.out).resolve()
+    existing = [p for p in step.outputs(cfg) if p.exists()]
+    if not existing:
+        return None
+    dest = safe_join(out, STALE_DIR, f"{time.strftime('%Y%m%d-%H%M%S')}-{step.name}-{uuid.uuid4().hex[:4]}")
+    for path in existing:
+        target = dest / Path(path).resolve().relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(target))
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------
+# The runner
+
+
+def _select(pipeline: list[Step], steps: list[str] | None) -> list[str]:
+    names = [s.name for s in pipeline]
+    if steps is None:
+        return names
+    for name in steps:
+        if name not in STEP_NAMES + tuple(names):
+            raise ConfigError(f"step {name!r}: expected one of {names}")
+        if name not in names:
+            why = ("data.root already holds a dataset" if name == SYNTH.name
+                   else "inpaint.tokens_dir points at tokens learned elsewhere")
+            raise ConfigError(f"step {name!r} is not part of this run ({why}); steps here: {names}")
+    return [n for n in names if n in steps]
+
+
+def run_steps(
+    cfg: RaydbbConfig,
+    steps: list[str] | None = None,
+    *,
+    progress: bool = True,
+    on_change: Literal["rerun", "refuse"] = "rerun",
+    pipeline: list[Step] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run the pipeline of ``cfg`` (or only ``steps`` of it), skipping steps that are already done.
+
+    Returns ``{step: {"status": "skipped" | "ran", "seconds": s, "summary": {...}}}`` for the
+    steps asked for. See the module docstring for how reruns and config changes are handled.
+    ``pipeline`` replaces :func:`pipeline_steps` (for custom step lists).
+    """
+    if on_change not in ("rerun", "refuse"):
+        raise ConfigError(f"on_change={on_change!r}: expected 'rerun' or 'refuse'")
+    cfg = resolve_config(cfg)
+    out = Path(cfg.out)
+    pipeline = pipeline_steps(cfg) if pipeline is None else pipeline
+    wanted = _select(pipeline, steps)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(out / CONFIG_FILE)
+
+    results: dict[str, dict[str, Any]] = {}
+    upstream: dict[str, str | None] = {}
+    for index, step in enumerate(pipeline, start=1):
+        marker = read_marker(out, step.name)
+        if step.name not in wanted:
+            upstream[step.name] = marker["run_id"] if marker else None
+            continue
+        inputs = step_inputs(step, cfg)
+        fp = fingerprint(inputs, upstream)
+        head = f"[{index}/{len(pipeline)}] {step.name}"
+        if marker and marker["fingerprint"] == fp and step.done_file(cfg).exists():
+            print(f"{head}: already done ({marker.get('finished_at', '?')}); skipped")
+            results[step.name] = {"status": "skipped", "seconds": 0.0, "summary": marker.get("summary", {})}
+            upstream[step.name] = marker["run_id"]
+            continue
+        if marker and marker["fingerprint"] != fp:
+            why = _why_changed(marker, inputs, upstream)
+            if on_change == "refuse":
+                raise RaydbbError(f"step {step.name} in {out} is out of date: {why}; rerun with --on-change "
+                                  f"rerun (moves its outputs to {out / STALE_DIR}) or use another out")
+            moved = _archive(step, cfg)
+            print(f"{head}: {why}; " + (f"old outputs moved to {moved}; " if moved else "") + "running again")
+        print(f"{head}: {step.help}")
+        _marker_path(out, step.name).unlink(missing_ok=True)  # not done until it finishes again
+        start = time.perf_counter()
+        summary = step.run(cfg, progress)
+        seconds = time.perf_counter() - start
+        marker = {"step": step.name, "fingerprint": fp, "run_id": uuid.uuid4().hex, "inputs": inputs,
+                  "upstream": upstream.copy(), "seconds": round(seconds, 2),
+                  "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "summary": summary}
+        _write_marker(out, marker)
+        print(f"{head}: finished in {seconds:.1f} s")
+        results[step.name] = {"status": "ran", "seconds": seconds, "summary": summary}
+        upstream[step.name] = marker["run_id"]
+    return results
