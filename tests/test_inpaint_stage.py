@@ -150,3 +150,16 @@ def test_config_errors_are_one_line(model_dir, shared_pipe, tmp_path):
     batch["mask"][0] = np.zeros((H, W + 1), np.uint8)
     with pytest.raises(DataError, match="mask of shape"):
         _stage(model_dir, pipe=shared_pipe)(batch)
+
+
+@pytest.mark.gpu
+def test_cuda_float16(model_dir):
+    cfg = InpaintConfig(model=str(model_dir), steps=2, dtype="float16",
+                        resources=StageResources(num_gpus=1, model_batch_size=2))
+    stage = InpaintStage(cfg, CLASSES)
+    batch = _batch(3)
+    out = stage(batch)
+    assert stage.pipe.device.type == "cuda" and stage.pipe.unet.dtype == torch.float16
+    for src, mask, image in zip(batch["source_image"], batch["mask"], out["image"], strict=True):
+        assert image.shape == (H, W, 3)
+        np.testing.assert_array_equal(image[mask == 0], src[mask == 0])

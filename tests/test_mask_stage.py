@@ -181,3 +181,14 @@ def test_text_prompts_override_class_names(langsam):
     assert stage.detector_prompt(1) == "bird." and stage.detector_prompt(0) == "landbird."
     with pytest.raises(ConfigError, match=r"mask.text_prompts: unknown class names \['heron'\]"):
         MaskStage(MaskConfig(source="text", text_prompts={"heron": "bird"}), CLASSES)
+
+
+@pytest.mark.gpu
+def test_text_source_on_cuda(langsam):
+    det, seg = langsam
+    cfg = MaskConfig(source="text", detector=str(det), segmenter=str(seg), box_threshold=0.0,
+                     text_threshold=0.0, min_area=0.0, max_area=1.0, resources=StageResources(num_gpus=1))
+    stage = MaskStage(cfg, CLASSES)
+    out = stage(_batch(_images(2), [0, 1]))
+    assert next(stage._models["det"].parameters()).device.type == "cuda"
+    assert [m.shape for m in out["mask"]] == [(24, 40), (24, 40)]
