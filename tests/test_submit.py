@@ -1,0 +1,207 @@
+"""``raydbb submit`` against a REAL local Ray head (loopback only), started and stopped by this module.
+
+The head runs in its own process session, on free ports, with its own temp dir and without
+RAY_ADDRESS, so it never meets the in-process ``ray_local`` fixture or other Ray instances on the
+machine; it is stopped by signalling its own process group (``ray stop`` would stop every Ray
+instance on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raydbb.cli import main
+from raydbb.workflow import read_marker
+
+pytestmark = pytest.mark.slow
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _head_env(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update({
+        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # the job's `python` is this venv's
+        "RAY_AUTH_MODE": "disabled",  # loopback-only test cluster; token auth is covered by Ray itself
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "TMPDIR": str(tmp),
+        "OMP_NUM_THREADS": "1",
+    })
+    return env
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    """A Ray head on 127.0.0.1 with the job server on a free port; yields its http address."""
+    tmp = Path(tempfile.mkdtemp(prefix="rdbh-", dir="/tmp"))  # short: Ray's socket paths are length-limited
+    (gcs, dash, agent_http, agent_grpc, metrics, rt_env, node_mgr, obj_mgr, client) = _free_ports(9)
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+           "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+           "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
+           "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_env),
+           "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
+           "--ray-client-server-port", str(client), "--num-cpus", "2", "--num-gpus", "0",
+           "--object-store-memory", str(200 * 1024 * 1024), "--temp-dir", str(tmp / "ray"),
+           "--disable-usage-stats"]
+    log = open(tmp / "head.log", "w")  # noqa: SIM115  # closed in the finally below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_head_env(tmp),
+                            cwd=tmp, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            if proc.poll() is not None:
+                tail = (tmp / "head.log").read_text()[-3000:]
+                pytest.fail(f"ray start exited with {proc.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"Ray job server not up after 150 s:\n{(tmp / 'head.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield address
+    finally:
+        # Only our own processes: the head's session (ray start --block leads the process group).
+        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=grace)
+                time.sleep(1)  # let children in the group see the signal before the next check
+                os.killpg(proc.pid, 0)  # raises when no process of the group is left
+            except (subprocess.TimeoutExpired, PermissionError):
+                continue
+            except ProcessLookupError:
+                break
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_config(path: Path, **sections: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
+
+
+def test_submit_synth_step_as_a_ray_job(ray_head: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    config = _write_config(tmp_path / "cfg" / "tiny.yaml", out=str(out),
+                           data={"name": "synthetic", "root": str(out / "data"),
+                                 "synthetic": {"n_train": 8, "n_val": 4, "n_test": 4, "size": 32}})
+    rc = main(["submit", "--address", ray_head, "--config", str(config), "--step", "synth",
+               "--entrypoint-num-cpus", "0.5", "data.synthetic.n_train=12"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "job raysubmit_" in text and ": SUCCEEDED" in text
+    assert ("same with Ray's CLI:  ray job submit --address " + ray_head + " --working-dir "
+            + str(config.parent) + " --entrypoint-num-cpus 0.5 -- python -m raydbb.jobs.synth --config "
+            "tiny.yaml data.synthetic.n_train=12") in text
+    assert "raydbb job done" in text  # the job's own log line, streamed back
+    # The job really ran on the cluster: data drawn with the override, marker written, config saved.
+    rows = (out / "data" / "metadata.csv").read_text().splitlines()
+    assert len(rows) == 1 + 12 + 4 + 4
+    assert read_marker(out, "synth")["inputs"]["data.synthetic.n_train"] == 12
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["synthetic"]["n_train"] == 12
+
+    # Resubmitting the finished step skips it.
+    assert main(["submit", "--address", ray_head, "--config", str(config), "--step", "synth",
+                 "data.synthetic.n_train=12"]) == 0
+    assert "synth: already done" in capsys.readouterr().out
+
+
+def test_failed_job_exit_code_and_no_wait(ray_head: str, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "not-a-benchmark"
+    data.mkdir()
+    (data / "notes.txt").write_text("someone's files")  # synth refuses to draw over them
+    config = _write_config(tmp_path / "bad.yaml", out=str(tmp_path / "run"),
+                           data={"name": "synthetic", "root": str(data)})
+    rc = main(["submit", "--address", ray_head, "--config", str(config), "--step", "synth"])
+    text = capsys.readouterr().out
+    assert rc == 1
+    assert ": FAILED (Job entrypoint command failed with exit code 2" in text
+    assert "is not a synthetic benchmark with these parameters" in text  # the job's error, streamed
+
+    rc = main(["submit", "--address", ray_head, "--config", str(config), "--step", "synth", "--no-wait",
+               "--submission-id", "raydbb-test-nowait"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "submitted raydbb-test-nowait" in text and "--follow raydbb-test-nowait" in text
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(ray_head)
+    deadline = time.monotonic() + 60
+    while not client.get_job_status("raydbb-test-nowait").is_terminal() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert client.get_job_info("raydbb-test-nowait").metadata["raydbb_step"] == "synth"
+
+
+def test_submit_validates_before_contacting_the_cluster(tmp_path: Path, capsys) -> None:
+    config = _write_config(tmp_path / "cfg.yaml", out=str(tmp_path / "run"))
+    unreachable = "http://127.0.0.1:9"  # never contacted: every error below is raised first
+    assert main(["submit", "--address", unreachable, "--config", str(config), "inpaint.steps=0"]) == 2
+    assert "inpaint.steps=0" in capsys.readouterr().err
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert main(["submit", "--address", unreachable, "--config", str(config),
+                 "--working-dir", str(other)]) == 2
+    assert "is outside the working dir" in capsys.readouterr().err
+    assert main(["submit", "--address", unreachable, "--config", str(config), "--step", "generate",
+                 "--steps", "a"]) == 2
+    assert "--steps is for --step pipeline" in capsys.readouterr().err
+    assert main(["submit", "--address", unreachable, "--config", str(config)]) == 2
+    assert "cannot reach a Ray job server at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_runtime_env_file_and_working_dir_shape_the_job(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from raydbb.commands.submit import plain_command, plan_job
+
+    (tmp_path / "proj" / "configs").mkdir(parents=True)
+    config = _write_config(tmp_path / "proj" / "configs" / "wb.yaml", out="/shared/runs/wb")
+    env_file = tmp_path / "env.yaml"
+    runtime_env = {"env_vars": {"HF_HOME": "/models/hf"}, "working_dir": str(tmp_path / "proj")}
+    env_file.write_text(json.dumps(runtime_env))
+    args = Namespace(config=str(config), overrides=["train.epochs=2"], step="pipeline",
+                     steps="train_erm,evaluate",
+                     runtime_env=str(env_file), working_dir=None, address="http://head:8265",
+                     submission_id=None, entrypoint_num_cpus=None, entrypoint_num_gpus=1.0, no_wait=True)
+    plan = plan_job(args)
+    assert plan["entrypoint"] == ("python -m raydbb.jobs.pipeline --config configs/wb.yaml "
+                                  "--steps train_erm,evaluate train.epochs=2")
+    assert plan["runtime_env"] == runtime_env
+    assert plan["stage_config"] is None
+    assert plain_command(args, plan) == (
+        f"ray job submit --address http://head:8265 --runtime-env {env_file} "
+        f"--working-dir {tmp_path / 'proj'} --entrypoint-num-gpus 1 --no-wait -- " + plan["entrypoint"])
