@@ -12,6 +12,7 @@ from raydbb.errors import RaydbbError
 COMMAND_MODULES = [
     "raydbb.commands.data",
     "raydbb.commands.prune",
+    "raydbb.commands.generate",
 ]
 
 DESCRIPTION = """\

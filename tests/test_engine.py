@@ -176,7 +176,7 @@ def test_resume_after_partial_and_crashed_runs(ray_local, sources, tmp_path) -> 
     (out / "images" / ".s4__to-a__v0.png.1.tmp").write_bytes(b"\x89PNG")
 
     done_before = len(read_manifest(out))
-    final = _run(sources, out, "ray")
+    final = _run(sources, out, "loop")  # the same driver code as with Ray; Ray ran the todo path above
     assert final["expected"] == 16
     assert final["skipped_resume"] == done_before >= 6
     assert final["written"] == 16 - done_before
@@ -185,6 +185,6 @@ def test_resume_after_partial_and_crashed_runs(ray_local, sources, tmp_path) -> 
     assert set(manifest["sample_id"]) == _expected_ids(sources)
     assert not list(out.rglob("*.tmp"))
 
-    again = _run(sources, out, "ray")  # nothing left: no Ray work at all
+    again = _run(sources, out, "ray")  # nothing left: no Ray work is started at all
     assert again["skipped_resume"] == 16 and again["written"] == 0
     assert len(read_manifest(out)) == 16

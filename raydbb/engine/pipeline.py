@@ -211,7 +211,7 @@ def generation_stages(cfg: RaydbbConfig, class_names: list[str], ckpt: Path, tau
 
     return [
         LoadStage(cfg.generate.io),
-        MaskStage(cfg.mask, class_names, classifier_dir=str(ckpt)),
+        MaskStage(cfg.mask, class_names, checkpoint_dir=str(ckpt)),
         ExpandStage(class_names, cfg.inpaint.n_variants, cfg.seed, cfg.generate.io),
         InpaintStage(cfg.inpaint, class_names),
         PruneStage(cfg.prune, classifier_dir=str(ckpt), tau=tau),
