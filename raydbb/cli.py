@@ -11,6 +11,7 @@ from raydbb.errors import RaydbbError
 # Modules that define ``register(subparsers)``; imported lazily so ``--help`` stays fast.
 COMMAND_MODULES = [
     "raydbb.commands.data",
+    "raydbb.commands.invert",
     "raydbb.commands.prune",
     "raydbb.commands.generate",
 ]

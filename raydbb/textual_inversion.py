@@ -23,6 +23,7 @@ independent and run as parallel Ray tasks (:func:`run_inversion`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from raydbb.config import InvertConfig, RaydbbConfig
+from raydbb.data.records import RecordSet
 from raydbb.errors import ConfigError, DataError, RaydbbError
 from raydbb.ids import safe_join, sanitize_id
 
@@ -97,10 +99,12 @@ def load_learned_token(tokens_root: str | Path, class_name: str) -> tuple[str, P
 
 @dataclass(frozen=True)
 class PoolImage:
-    """One token-pool image and its object mask (``None`` when the pool has no mask)."""
+    """One token-pool image, its object mask (``None`` when there is none) and, when an earlier
+    step rejected it (unreadable image, degenerate mask), the reason it is skipped."""
 
     path: str
     mask: str | None = None
+    skip: str = ""
 
 
 @dataclass
@@ -130,22 +134,26 @@ class ClassJob:
         }
 
 
-def read_token_pool(csv_path: str | Path) -> list[PoolImage]:
-    """Read a token-pool CSV (column ``path``, optional ``mask``; relative paths are relative to
-    the CSV's folder). A missing file or column is a one-line :class:`DataError`."""
+def read_token_pool(csv_path: str | Path) -> pd.DataFrame:
+    """Read a token-pool CSV as the select step writes it: ``path`` and optional ``mask`` and
+    ``sample_id`` columns (relative paths are relative to the CSV's folder; a missing sample_id
+    is derived from the path). A missing file or column is a one-line :class:`DataError`."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise DataError(f"token pool {csv_path} not found; run the select step first (raydbb select)")
+        raise DataError(f"token pool {csv_path} not found; expected the select step's CSV")
     frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     if "path" not in frame.columns:
         raise DataError(f"token pool {csv_path}: missing column 'path'; found {list(frame.columns)}")
-    masks = frame["mask"] if "mask" in frame.columns else [""] * len(frame)
 
     def resolve(p: str) -> str:
-        return str(Path(p) if Path(p).is_absolute() else (csv_path.parent / p).resolve())
+        return str(Path(p) if Path(p).is_absolute() else (csv_path.parent / p).resolve()) if p else ""
 
-    rows = zip(frame["path"], masks, strict=True)
-    return [PoolImage(resolve(p), resolve(m) if m else None) for p, m in rows]
+    paths = [resolve(p) for p in frame["path"]]
+    return pd.DataFrame({
+        "sample_id": frame["sample_id"] if "sample_id" in frame.columns else [sanitize_id(p) for p in paths],
+        "path": paths,
+        "mask": [resolve(m) for m in frame["mask"]] if "mask" in frame.columns else "",
+    })
 
 
 def resolve_initializer(class_name: str, initializer: dict[str, str] | None, tokenizer: Any) -> str:
@@ -221,73 +229,169 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def plan_jobs(
-    cfg: RaydbbConfig,
-    class_names: Sequence[str],
-    pools: dict[str, Sequence[str | PoolImage]] | None = None,
-) -> list[ClassJob]:
-    """Validate the inversion of every requested class and return one job per class.
+def plan_tokens(cfg: RaydbbConfig, class_names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Check the ``invert`` config against the classes and the model's tokenizer (cheap, no pools).
 
-    Everything that can be wrong with the config is checked here, before any training: unknown
-    class names, empty or missing pools, missing masks for ``mask_mode=object``, initializers that
-    are not one token, tokens already in the vocabulary or shared by two classes, mixed precision
-    without a GPU, and earlier output made with other settings. ``pools`` maps class name -> image
-    paths (or :class:`PoolImage`) and replaces the select step's ``OUT/token_pool/<class>.csv``.
+    Returns ``{class name: (token, initializer)}`` for the classes to invert. One-line errors for
+    unknown class names, mixed precision without a GPU, initializers that are not one token, and
+    tokens already in the vocabulary or shared by two classes.
     """
     inv = cfg.invert
     known = list(class_names)
     for field_name, names in (("classes", inv.classes), ("initializer", inv.initializer),
-                              ("tokens", inv.tokens), ("pools", pools)):
+                              ("tokens", inv.tokens)):
         for name in names or []:
             if name not in known:
-                where = "pools" if field_name == "pools" else f"invert.{field_name}"
-                raise ConfigError(f"{where}: unknown class {name!r}; expected one of {known}")
+                raise ConfigError(f"invert.{field_name}: unknown class {name!r}; expected one of {known}")
     if inv.mixed_precision != "no" and cfg.device != "cuda":
         raise ConfigError(f"invert.mixed_precision={inv.mixed_precision!r} needs device=cuda; "
                           "set invert.mixed_precision=no on CPU")
+    _check_model_configs(cfg.inpaint.model)
     tokenizer = _load_tokenizer(cfg.inpaint.model)
     vocab = tokenizer.get_vocab()
-    tokens_root = Path(cfg.out) / "tokens"
-    jobs: list[ClassJob] = []
+    plan: dict[str, tuple[str, str]] = {}
     for name in inv.classes or known:
-        if pools is not None:
-            images = [p if isinstance(p, PoolImage) else PoolImage(str(p)) for p in pools.get(name, [])]
-            source = f"pools[{name!r}]"
-        else:
-            source = str(token_pool_path(cfg.out, name))
-            images = read_token_pool(source)
-        if not images:
-            raise DataError(f"token pool of class {name!r} ({source}) is empty; expected at least one image")
-        if inv.mask_mode == "object":
-            unmasked = [i.path for i in images if not i.mask]
-            if unmasked:
-                raise ConfigError(
-                    f"invert.mask_mode=object but {len(unmasked)} of {len(images)} token-pool images of "
-                    f"class {name!r} have no mask (e.g. {unmasked[0]}); give the pool a mask column "
-                    "or set invert.mask_mode=full")
         token = (inv.tokens or {}).get(name) or placeholder_token(name)
-        if token in vocab:
+        # A word the tokenizer already maps to one id would be hijacked by the new token.
+        if token in vocab or len(tokenizer.encode(token, add_special_tokens=False)) == 1:
             raise ConfigError(f"token {token!r} of class {name!r} is already in the vocabulary of "
                               f"{cfg.inpaint.model}; choose another with invert.tokens.{name}=<token>")
-        twin = next((j.class_name for j in jobs if j.token == token), None)
+        twin = next((other for other, (t, _) in plan.items() if t == token), None)
         if twin is not None:
             raise ConfigError(f"classes {twin!r} and {name!r} map to the same token {token!r}; "
                               f"set invert.tokens.{name}=<token>")
-        job = ClassJob(
-            class_name=name, token=token, initializer=resolve_initializer(name, inv.initializer, tokenizer),
-            images=images, out_dir=str(token_dir(tokens_root, name)), model=cfg.inpaint.model,
-            device=cfg.device, cfg=inv,
-        )
+        plan[name] = (token, resolve_initializer(name, inv.initializer, tokenizer))
+    return plan
+
+
+def plan_jobs(
+    cfg: RaydbbConfig, class_names: Sequence[str], pools: dict[str, Sequence[str | PoolImage]]
+) -> list[ClassJob]:
+    """Validate the inversion of every requested class and return one job per class.
+
+    Everything that can be wrong is checked here, before any training: what :func:`plan_tokens`
+    checks, pools naming unknown classes, empty pools or pools whose every image was rejected,
+    images without a mask under ``mask_mode=object``, and earlier output made with other
+    settings. ``pools`` maps class name -> image paths or :class:`PoolImage` (see
+    :func:`prepare_pools` for the select step's CSVs).
+    """
+    inv = cfg.invert
+    for name in pools:
+        if name not in class_names:
+            raise ConfigError(f"token pools: unknown class {name!r}; expected one of {list(class_names)}")
+    tokens_root = Path(cfg.out) / "tokens"
+    jobs: list[ClassJob] = []
+    for name, (token, initializer) in plan_tokens(cfg, class_names).items():
+        images = [p if isinstance(p, PoolImage) else PoolImage(str(p)) for p in pools.get(name, [])]
+        if not images:
+            raise DataError(f"token pool of class {name!r} is empty; expected at least one image "
+                            f"(select.token_pool_size, {token_pool_path(cfg.out, name)})")
+        usable = [i for i in images if not i.skip]
+        if not usable:
+            hint = (f"; masks come from mask.source={cfg.mask.source}: choose another source or set "
+                    "invert.mask_mode=full") if images[0].skip.startswith("no_mask") else ""
+            raise DataError(f"token pool of class {name!r}: all {len(images)} images were rejected "
+                            f"(first: {images[0].path}: {images[0].skip}){hint}")
+        if inv.mask_mode == "object":
+            unmasked = [i.path for i in usable if not i.mask]
+            if unmasked:
+                raise ConfigError(
+                    f"invert.mask_mode=object but {len(unmasked)} of {len(usable)} token-pool images of "
+                    f"class {name!r} have no mask (e.g. {unmasked[0]}); give them masks "
+                    "or set invert.mask_mode=full")
+        job = ClassJob(class_name=name, token=token, initializer=initializer, images=images,
+                       out_dir=str(token_dir(tokens_root, name)), model=cfg.inpaint.model,
+                       device=cfg.device, cfg=inv)
         job.status, job.resume_step = _resume_state(job)
         jobs.append(job)
     return jobs
 
 
 # ----------------------------------------------------------------------------------------------
+# Token pools from the select step, with the generation step's masks
+
+
+def prepare_pools(
+    cfg: RaydbbConfig, records: RecordSet, engine: str = "ray", progress: bool = True
+) -> dict[str, list[PoolImage]]:
+    """The token pool of every class to invert, ready for :func:`plan_jobs`.
+
+    Pools are the select step's ``OUT/token_pool/<class>.csv``; when one is missing they are
+    written now, exactly as ``raydbb generate`` does (scores of the ERM checkpoint, cached in
+    ``OUT/select``). Under ``invert.mask_mode=object`` every pool image then goes through the
+    generation pipeline's own load and mask stages (``mask`` config: dataset / text / attribution
+    masks, dilation, area limits), so the token is learned under the masks it will be used with;
+    rejected images become recorded skips. Masks are written once to ``OUT/tokens/pool_masks``.
+    """
+    names = cfg.invert.classes or records.class_names
+    if any(not token_pool_path(cfg.out, n).is_file() for n in names):
+        _write_token_pools(cfg, records, engine, progress)
+    frames = {n: read_token_pool(token_pool_path(cfg.out, n)) for n in names}
+    if cfg.invert.mask_mode == "full":
+        return {n: [PoolImage(p) for p in f["path"]] for n, f in frames.items()}
+    masks = _pool_masks(cfg, records.class_names, frames, engine)
+    return {n: [masks[i] for i in f["sample_id"]] for n, f in frames.items()}
+
+
+def _write_token_pools(cfg: RaydbbConfig, records: RecordSet, engine: str, progress: bool) -> None:
+    from raydbb.engine.pipeline import classifier_dir, score_training_set
+    from raydbb.engine.select import token_pool, write_token_pool
+
+    ckpt = classifier_dir(cfg)
+    if engine == "ray":
+        from raydbb.ray_utils import init_ray
+
+        init_ray(cfg.ray)
+    scores = score_training_set(cfg, records, ckpt, engine, progress)
+    write_token_pool(cfg.out, token_pool(scores, records, cfg.select, cfg.seed))
+
+
+def _pool_masks(cfg: RaydbbConfig, class_names: list[str], frames: dict[str, pd.DataFrame],
+                engine: str) -> dict[str, PoolImage]:
+    """``{sample_id: PoolImage}`` with the mask stage's mask (or skip reason) for every pool image."""
+    from raydbb.data.images import write_png_atomic
+    from raydbb.engine.pipeline import classifier_dir, execute, source_rows
+    from raydbb.engine.stages.load import LoadStage
+    from raydbb.engine.stages.mask import MaskStage
+
+    folder = safe_join(cfg.out, "tokens", "pool_masks")
+    index_path = folder / "index.json"
+    index = _read_json(index_path) or {}
+    mask_cfg = cfg.mask.model_dump(mode="json")
+    done = index.get("rows", {}) if index.get("mask_config") == mask_cfg else {}
+    rows = pd.concat([f.assign(label=class_names.index(n)) for n, f in frames.items()], ignore_index=True)
+    rows = rows.drop_duplicates("sample_id")
+    todo = rows[~rows["sample_id"].isin(done)]
+    if len(todo):
+        ckpt = classifier_dir(cfg) if cfg.mask.source == "attribution" else None
+        stages = [LoadStage(cfg.generate.io), MaskStage(cfg.mask, class_names, checkpoint_dir=ckpt)]
+        if engine == "ray":
+            from raydbb.ray_utils import init_ray
+
+            init_ray(cfg.ray)
+        frame = todo.assign(split="train", mask=[m or None for m in todo["mask"]])
+        for batch in execute(stages, source_rows(frame), engine):
+            for i, sid in enumerate(batch["source_id"]):
+                reason = str(batch["prune_reason"][i])
+                if reason:
+                    done[str(sid)] = {"mask": "", "skip": f"{reason}: {batch['error'][i]}".rstrip(": ")}
+                    continue
+                path = safe_join(folder, f"{sanitize_id(str(sid))}.png")
+                write_png_atomic(path, np.asarray(batch["mask"][i]).astype(bool))
+                done[str(sid)] = {"mask": str(path), "skip": ""}
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(index_path, {"mask_config": mask_cfg, "rows": done})
+    paths = dict(zip(rows["sample_id"], rows["path"], strict=True))
+    return {sid: PoolImage(paths[sid], done[sid]["mask"] or None, done[sid]["skip"]) for sid in paths}
+
+
+# ----------------------------------------------------------------------------------------------
 # Model loading
 
 
+@functools.lru_cache(maxsize=4)
 def _load_tokenizer(model: str) -> Any:
+    """The model's tokenizer, read-only: validation runs twice per command and once per test."""
     from transformers import AutoTokenizer
 
     try:
@@ -295,6 +399,26 @@ def _load_tokenizer(model: str) -> Any:
     except OSError as err:
         raise ConfigError(f"inpaint.model={model!r}: cannot load its tokenizer ({err}); "
                           "expected a diffusers inpainting checkpoint (hub id or local folder)") from err
+
+
+def _check_inpainting(model: str, in_channels: int, latent_channels: int) -> None:
+    if in_channels != 2 * latent_channels + 1:
+        raise ConfigError(f"inpaint.model={model!r}: UNet has {in_channels} input channels; expected "
+                          f"{2 * latent_channels + 1} (an inpainting UNet: noisy latents, mask, "
+                          "masked-image latents)")
+
+
+def _check_model_configs(model: str) -> None:
+    """Read only the UNet and VAE configs (no weights) and check the model is an inpainting one."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    try:
+        unet = UNet2DConditionModel.load_config(model, subfolder="unet")
+        vae = AutoencoderKL.load_config(model, subfolder="vae")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"inpaint.model={model!r}: cannot read its unet/vae configs ({err}); expected "
+                          "a diffusers inpainting checkpoint (hub id or local folder)") from err
+    _check_inpainting(model, int(unet["in_channels"]), int(vae["latent_channels"]))
 
 
 @dataclass
@@ -334,11 +458,7 @@ def load_inpaint_model(
     except (OSError, ValueError) as err:
         raise ConfigError(f"inpaint.model={model!r}: cannot load it as a diffusers inpainting pipeline "
                           f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
-    in_channels = pipe.unet.config.in_channels
-    latent = pipe.vae.config.latent_channels
-    if in_channels != 2 * latent + 1:
-        raise ConfigError(f"inpaint.model={model!r}: UNet has {in_channels} input channels; expected "
-                          f"{2 * latent + 1} (an inpainting UNet: noisy latents, mask, masked-image latents)")
+    _check_inpainting(model, pipe.unet.config.in_channels, pipe.vae.config.latent_channels)
     weight_dtype = _DTYPES.get(mixed_precision, torch.float32)
     frozen = {"dtype": weight_dtype} if weight_dtype != torch.float32 else {}
     parts = InpaintModel(
@@ -434,6 +554,9 @@ class TokenTrainer:
 
         pixels, masks, used, skipped = [], [], [], []
         for item in pool:
+            if item.skip:
+                skipped.append({"path": item.path, "reason": item.skip})
+                continue
             try:
                 image = read_image(item.path)
             except DataError as err:
@@ -657,35 +780,53 @@ def invert_class(job: ClassJob, report: Callable[[str], None] = print) -> dict[s
 # Driver: one Ray task per class
 
 
-def _class_names_from_data(cfg: RaydbbConfig) -> list[str]:
-    from raydbb.data.registry import load_records
-
-    return list(load_records(cfg.data).class_names)
+ENGINES = ("ray", "loop")
 
 
 def run_inversion(
     cfg: RaydbbConfig,
     class_names: Sequence[str] | None = None,
     pools: dict[str, Sequence[str | PoolImage]] | None = None,
+    engine: str = "ray",
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Invert every class of ``cfg`` (or ``cfg.invert.classes``) as parallel Ray tasks.
+    """Invert every class of ``cfg`` (or ``cfg.invert.classes``); returns one summary per class.
 
-    ``class_names`` defaults to the dataset's (``cfg.data``); ``pools`` defaults to the select
-    step's CSVs. All classes are validated before any task starts; finished classes are skipped.
-    Returns one summary dict per class.
+    ``class_names`` defaults to the dataset's (``cfg.data``); ``pools`` (class name -> image
+    paths or :class:`PoolImage`, used as given) defaults to :func:`prepare_pools`. Everything is
+    validated before any training; finished classes are skipped. ``engine="ray"`` runs one Ray
+    task per class (``invert.num_cpus`` / ``invert.num_gpus`` each), ``"loop"`` runs them one
+    after another in this process.
     """
+    if engine not in ENGINES:
+        raise RaydbbError(f"engine {engine!r}: expected one of {list(ENGINES)}")
+    records = None
+    if class_names is None or pools is None:
+        from raydbb.data.registry import load_records
+
+        records = load_records(cfg.data)
+    names = list(class_names) if class_names is not None else list(records.class_names)
+    plan_tokens(cfg, names)  # config errors first, before any scoring or masking
+    if pools is None:
+        pools = prepare_pools(cfg, records, engine, progress)
+    jobs = plan_jobs(cfg, names, pools)
+    results = [{"class_name": j.class_name, "token": j.token, "status": "skipped", "dir": j.out_dir}
+               for j in jobs if j.status == "finished"]
+    todo = [j for j in jobs if j.status != "finished"]
+    if engine == "loop":
+        results += [invert_class(job) for job in todo]
+    elif todo:
+        results += _run_tasks(cfg, todo, progress)
+    order = {n: i for i, n in enumerate(names)}
+    return sorted(results, key=lambda r: order[r["class_name"]])
+
+
+def _run_tasks(cfg: RaydbbConfig, todo: list[ClassJob], progress: bool) -> list[dict[str, Any]]:
     import ray
     from tqdm import tqdm
 
     from raydbb.ray_utils import init_ray
 
-    names = list(class_names) if class_names is not None else _class_names_from_data(cfg)
-    jobs = plan_jobs(cfg, names, pools)
-    results = [{"class_name": j.class_name, "token": j.token, "status": "skipped", "dir": j.out_dir}
-               for j in jobs if j.status == "finished"]
-    todo = [j for j in jobs if j.status != "finished"]
-    if not todo:
-        return results
     init_ray(cfg.ray)
     inv = cfg.invert
     num_gpus = inv.num_gpus if inv.num_gpus is not None else (1.0 if cfg.device == "cuda" else 0.0)
@@ -693,7 +834,8 @@ def run_inversion(
     resources = {"num_cpus": inv.num_cpus, **({"num_gpus": num_gpus} if num_gpus else {})}
     task = ray.remote(invert_class).options(**resources)
     pending = {task.remote(job): job for job in todo}
-    with tqdm(total=len(todo), desc="invert", unit="class") as bar:
+    results = []
+    with tqdm(total=len(todo), desc="invert", unit="class", disable=not progress) as bar:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(ready[0])

@@ -1,0 +1,66 @@
+"""``raydbb invert``: learn one causal placeholder token per class (textual inversion, DDB step 3)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from raydbb.commands import add_config_args, config_from_args
+
+HELP = """\
+Learn one placeholder token per class (e.g. <waterbird-causal>) on the class's token pool with the
+inpainting model `inpaint.model`, by textual inversion (paper Eq. 1): only the new embedding row
+trains; the UNet, the VAE and the rest of the text encoder stay frozen.
+
+  token pool   <out>/token_pool/<class>.csv from the select step (written now from the ERM
+               checkpoint when missing: highest-loss training images, or minority-group
+               validation images with select.token_pool_source=val_minority)
+  masks        invert.mask_mode=object (default): each pool image's object mask from the same
+               mask stage generation uses (mask.source); full: the whole frame
+  prompts      invert.templates, each with {token} and {class_name}
+  output       <out>/tokens/<class>/learned_embeds.safetensors (diffusers load_textual_inversion
+               layout) + token.json (token, initializer, images, loss curve) + checkpoint-<step>/
+
+Classes run as parallel Ray tasks (invert.num_cpus / invert.num_gpus each; one GPU per class when
+device=cuda). A rerun resumes from the last checkpoint and skips finished classes. Point
+generation at the tokens with inpaint.tokens_dir=<out>/tokens.
+
+Example:
+  raydbb invert --config jobs/configs/synthetic.yaml out=runs/demo invert.steps=500 \\
+      "invert.initializer={landbird: bird, waterbird: bird}"
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "invert", help="learn one causal token per class (textual inversion) for the inpainter",
+        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(parser)
+    parser.add_argument("--engine", choices=["ray", "loop"], default="ray",
+                        help="ray: one Ray task per class (default); loop: classes one after another "
+                             "in this process")
+    parser.add_argument("--json", action="store_true", help="print the per-class summary as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raydbb.textual_inversion import run_inversion
+
+    cfg = config_from_args(args)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(Path(cfg.out) / "invert_config.yaml")
+    results = run_inversion(cfg, engine=args.engine, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"{'class':<20} {'token':<28} {'status':<8} final loss")
+    for r in results:
+        loss = f"{r['final_loss']:.4f}" if "final_loss" in r else "-"
+        print(f"{r['class_name']:<20} {r['token']:<28} {r['status']:<8} {loss}")
+    tokens = Path(cfg.out) / "tokens"
+    print(f"tokens in {tokens}; generate with them: inpaint.tokens_dir={tokens}")
+    return 0
