@@ -93,3 +93,21 @@ def test_generate_end_to_end_then_resume_skips_all(ray_local, setup_run, capsys)
     again = _generate(config, capsys)
     assert again["skipped_resume"] == n and again["written"] == 0
     assert len(read_manifest(out)) == n
+
+
+@pytest.mark.parametrize("name", ["waterbirds", "celeba", "metashift"])
+def test_example_configs_validate_and_fit_their_node(name) -> None:
+    from pathlib import Path
+
+    from raydbb.config import load_config
+    from raydbb.engine.select import class_quota
+
+    cfg = load_config(Path(__file__).parents[1] / "jobs" / "configs" / f"{name}.yaml")
+    assert cfg.device == "cuda" and cfg.inpaint.dtype == "float16"
+    stages = [cfg.mask.resources, cfg.inpaint.resources, cfg.prune.resources]
+    gpus = sum(r.actors * r.num_gpus for r in stages)
+    assert all(r.num_gpus > 0 for r in stages) and gpus <= (1 if name == "metashift" else 4)
+    names = {"waterbirds": ["landbird", "waterbird"], "celeba": ["not_blond", "blond"],
+             "metashift": ["cat", "dog"]}[name]
+    assert set(cfg.mask.text_prompts or {}) <= set(names)
+    class_quota(cfg.select, names, [10, 10])  # per-class fractions name real classes
