@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 import zlib
@@ -46,8 +46,6 @@ from raydbb.config import InvertConfig, RaydbbConfig
 from raydbb.data.records import RecordSet
 from raydbb.errors import ConfigError, DataError, RaydbbError
 from raydbb.ids import safe_join, sanitize_id
-
-log = logging.getLogger(__name__)
 
 EMBEDS_FILE = "learned_embeds.safetensors"
 TOKEN_FILE = "token.json"
@@ -246,6 +244,9 @@ def plan_tokens(cfg: RaydbbConfig, class_names: Sequence[str]) -> dict[str, tupl
     if inv.mixed_precision != "no" and cfg.device != "cuda":
         raise ConfigError(f"invert.mixed_precision={inv.mixed_precision!r} needs device=cuda; "
                           "set invert.mixed_precision=no on CPU")
+    if cfg.device == "cuda" and inv.num_gpus == 0:
+        raise ConfigError("invert.num_gpus=0 with device=cuda: the class tasks would get no GPU; "
+                          "leave invert.num_gpus unset (one GPU per class) or give a fraction > 0")
     _check_model_configs(cfg.inpaint.model)
     tokenizer = _load_tokenizer(cfg.inpaint.model)
     vocab = tokenizer.get_vocab()
@@ -737,6 +738,8 @@ def invert_class(job: ClassJob, report: Callable[[str], None] = print) -> dict[s
     """
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f".{CHECKPOINT_PREFIX}*"):  # half-written checkpoints of a killed run
+        shutil.rmtree(stale)
     status, _ = _resume_state(job)
     if status == "finished":
         return {"class_name": job.class_name, "token": job.token, "status": "skipped", "dir": str(out)}

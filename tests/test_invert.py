@@ -123,7 +123,8 @@ def test_micro_batches_are_a_function_of_their_index(tmp_path: Path, model_dir: 
     assert sorted(picks[:4]) == [0, 1, 2, 3] and sorted(picks[4:8]) == [0, 1, 2, 3]
 
 
-def test_saved_token_loads_in_diffusers_and_inpaints(tmp_path: Path, model_dir: Path, pools) -> None:
+def test_saved_token_loads_in_diffusers_and_inpaints(tmp_path: Path, model_dir: Path, base_model,
+                                                     pools) -> None:
     from diffusers import StableDiffusionInpaintPipeline
 
     cfg = make_cfg(tmp_path, model_dir, "invert.classes=[landbird]")
@@ -145,6 +146,16 @@ def test_saved_token_loads_in_diffusers_and_inpaints(tmp_path: Path, model_dir: 
     token_id = pipe.tokenizer.convert_tokens_to_ids("<landbird-causal>")
     row = pipe.text_encoder.get_input_embeddings().weight[token_id]
     assert torch.equal(row, saved["<landbird-causal>"][0])
+    # The trainer's spliced encoding is what the pipeline computes with the loaded token.
+    prompt = "a photo of a <landbird-causal> landbird"
+    trainer = trainer_for(base_model, cfg, pools["landbird"])
+    with torch.no_grad():
+        trainer.embedding.copy_(saved["<landbird-causal>"][0])
+        with trainer.spliced():
+            ours = trainer.model.text_encoder(trainer.prompt_ids[:1])[0]
+        theirs = pipe.encode_prompt(prompt, "cpu", 1, False)[0]
+    assert cfg.invert.templates[0].format(token="<landbird-causal>", class_name="landbird") == prompt
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
     pipe.set_progress_bar_config(disable=True)
     image = np.full((64, 64, 3), 127, dtype=np.uint8)
     mask = np.zeros((64, 64), dtype=np.uint8)
@@ -181,6 +192,7 @@ def test_two_classes_run_as_ray_tasks_with_distinct_tokens(tmp_path: Path, model
      r"initializer.waterbird='water bird': no single-token initializer"),
     (["invert.tokens={waterbird: <landbird-causal>}"], None, ConfigError, r"map to the same token"),
     (["invert.mixed_precision=bf16"], None, ConfigError, r"needs device=cuda"),
+    (["device=cuda", "invert.num_gpus=0"], None, ConfigError, r"the class tasks would get no GPU"),
     ([], {"waterbird": "nomask"}, ConfigError, r"mask_mode=object but 4 of 4 .* 'waterbird' have no mask"),
 ])
 def test_bad_config_fails_before_training(tmp_path: Path, model_dir: Path, pools, overrides, pool_change,
