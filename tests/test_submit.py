@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -92,7 +93,7 @@ def ray_head() -> Iterator[str]:
         yield address
     finally:
         # Only our own processes: the head's session (ray start --block leads the process group).
-        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
@@ -115,30 +116,62 @@ def _write_config(path: Path, **sections: object) -> Path:
     return path
 
 
-def test_submit_synth_step_as_a_ray_job(ray_head: str, tmp_path: Path, capsys) -> None:
-    out = tmp_path / "run"
-    config = _write_config(tmp_path / "cfg" / "tiny.yaml", out=str(out),
-                           data={"name": "synthetic", "root": str(out / "data"),
-                                 "synthetic": {"n_train": 8, "n_val": 4, "n_test": 4, "size": 32}})
-    rc = main(["submit", "--address", ray_head, "--config", str(config), "--step", "synth",
-               "--entrypoint-num-cpus", "0.5", "data.synthetic.n_train=12"])
+@pytest.fixture(scope="module")
+def tiny_pipeline_config(tmp_path_factory) -> Path:
+    """The synthetic pipeline with tiny models: every step runs in seconds on 2 cores."""
+    from raydbb.models.small_sd import build_small_inpaint_pipeline
+
+    root = tmp_path_factory.mktemp("job")
+    sd = build_small_inpaint_pipeline(root / "sd", seed=0, sample_size=8)
+    small = {"num_cpus": 0.5, "batch_size": 4, "model_batch_size": 4}
+    return _write_config(
+        root / "cfg" / "tiny.yaml", out=str(root / "run"), seed=0,
+        data={"name": "synthetic", "root": str(root / "run" / "data"),
+              "synthetic": {"n_train": 16, "n_val": 8, "n_test": 8, "size": 32}},
+        classifier={"arch": "small_cnn", "pretrained": False, "image_size": 32, "width": 4},
+        train={"epochs": 1, "batch_size": 8, "num_workers": 0, "augment": False},
+        select={"fraction": 0.25, "token_pool_size": 2, "resources": {**small, "batch_size": 8}},
+        invert={"initializer": {"landbird": "bird", "waterbird": "bird"}, "steps": 1, "resolution": 32,
+                "batch_size": 1, "grad_accum": 1, "num_cpus": 0.5, "mask_mode": "full"},
+        generate={"io": {"num_cpus": 0.25, "batch_size": 4}},
+        mask={"source": "dataset", "resources": small},
+        inpaint={"model": str(sd), "steps": 2, "guidance_scale": 2.0, "resources": small},
+        prune={"ig_steps": 2, "resources": {**small, "model_batch_size": 16}},
+    )
+
+
+def test_submit_synthetic_pipeline_job(ray_head: str, tiny_pipeline_config: Path, capsys) -> None:
+    config = tiny_pipeline_config
+    out = config.parent.parent / "run"
+    rc = main(["submit", "--address", ray_head, "--config", str(config), "--entrypoint-num-cpus", "0.25",
+               "data.synthetic.n_train=20"])
     text = capsys.readouterr().out
-    assert rc == 0, text
+    assert rc == 0, text[-5000:]
     assert "job raysubmit_" in text and ": SUCCEEDED" in text
     assert ("same with Ray's CLI:  ray job submit --address " + ray_head + " --working-dir "
-            + str(config.parent) + " --entrypoint-num-cpus 0.5 -- python -m raydbb.jobs.synth --config "
-            "tiny.yaml data.synthetic.n_train=12") in text
-    assert "raydbb job done" in text  # the job's own log line, streamed back
-    # The job really ran on the cluster: data drawn with the override, marker written, config saved.
-    rows = (out / "data" / "metadata.csv").read_text().splitlines()
-    assert len(rows) == 1 + 12 + 4 + 4
-    assert read_marker(out, "synth")["inputs"]["data.synthetic.n_train"] == 12
-    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["synthetic"]["n_train"] == 12
+            + str(config.parent) + " --entrypoint-num-cpus 0.25 -- python -m raydbb.jobs.pipeline --config "
+            "tiny.yaml data.synthetic.n_train=20") in text
+    assert "raydbb job done" in text  # the job's own last line, streamed back
 
-    # Resubmitting the finished step skips it.
-    assert main(["submit", "--address", ray_head, "--config", str(config), "--step", "synth",
-                 "data.synthetic.n_train=12"]) == 0
-    assert "synth: already done" in capsys.readouterr().out
+    # The job ran every step on the cluster, with the override, into `out`.
+    rows = (out / "data" / "metadata.csv").read_text().splitlines()
+    assert len(rows) == 1 + 20 + 8 + 8
+    for step in ("synth", "train_erm", "invert", "generate", "evaluate"):
+        assert read_marker(out, step) is not None, step
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["synthetic"]["n_train"] == 20
+    manifest = pd.read_parquet(out / "manifest")
+    selected = pd.read_csv(out / "select" / "selected.csv")
+    assert len(manifest) == len(selected) > 0 and manifest["sample_id"].is_unique
+    assert (manifest["target_label"] == 1 - manifest["source_label"]).all()
+    assert manifest["token"].isin(["<landbird-causal>", "<waterbird-causal>"]).all()
+    assert all((out / p).is_file() for p in manifest["image_path"] if p)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["erm"]["test"]["num_samples"] == 8
+
+    # Resubmitting the finished pipeline skips every step.
+    assert main(["submit", "--address", ray_head, "--config", str(config), "data.synthetic.n_train=20"]) == 0
+    text = capsys.readouterr().out
+    assert text.count(": already done") == 5 and "ran nothing" in text
 
 
 def test_failed_job_exit_code_and_no_wait(ray_head: str, tmp_path: Path, capsys) -> None:
