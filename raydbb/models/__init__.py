@@ -1,0 +1,1 @@
+"""Models: the image classifier, its checkpoints and preprocessing; diffusion/segmentation builders."""

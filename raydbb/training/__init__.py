@@ -1,0 +1,1 @@
+"""Training: ERM and reweighted retraining under Ray Train, evaluation and group metrics."""

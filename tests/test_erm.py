@@ -1,0 +1,177 @@
+"""ERM through Ray Train on CPU on a tiny fixture; the checkpoint is read back by ``raydbb evaluate``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from raydbb.cli import main
+from raydbb.config import load_config
+from raydbb.data.registry import load_records
+from raydbb.errors import DataError
+from raydbb.models.checkpoint import load_classifier, save_classifier
+from raydbb.models.classifier import build_classifier
+from raydbb.training.erm import FitSpec, _raise_worker_error, fit_classifier, train_erm
+
+COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}  # the class: a square in the middle
+BACKGROUNDS = {"grass": (60, 160, 60), "sand": (200, 190, 120)}  # the spurious attribute
+GROUP_NAMES = ["red/grass", "red/sand", "blue/grass", "blue/sand"]
+METRIC_KEYS = {"worst_group_accuracy", "average_accuracy", "weighted_average_accuracy", "group_accuracy",
+               "group_count"}
+
+
+def _write_dataset(root, counts):
+    """Generic CSV layout: 24 px images, ``counts[split][(class, background)]`` images per group."""
+    rng = np.random.default_rng(0)
+    rows = ["path,label,spurious,split"]
+    for split, groups in counts.items():
+        for (label, spurious), n in groups.items():
+            for i in range(n):
+                img = np.empty((24, 24, 3), dtype=np.uint8)
+                img[:] = BACKGROUNDS[spurious]
+                y, x = rng.integers(2, 10, size=2)
+                img[y:y + 12, x:x + 12] = COLOURS[label]
+                noise = rng.integers(-20, 21, size=img.shape)
+                img = np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+                rel = f"images/{split}_{label}_{spurious}_{i}.png"
+                (root / "images").mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(root / rel)
+                rows.append(f"{rel},{label},{spurious},{split}")
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    (root / "classes.json").write_text(json.dumps({"class_names": ["red", "blue"],
+                                                   "spurious_names": ["grass", "sand"]}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    balanced = {g: 3 for g in [("red", "grass"), ("red", "sand"), ("blue", "grass"), ("blue", "sand")]}
+    counts = {
+        "train": {("red", "grass"): 12, ("red", "sand"): 2, ("blue", "grass"): 2, ("blue", "sand"): 8},
+        "val": balanced,
+        "test": balanced,
+    }
+    return _write_dataset(tmp_path_factory.mktemp("tiny"), counts)
+
+
+def _config(dataset, out, *extra):
+    return load_config(None, [
+        f"out={out}", "data.name=csv", f"data.root={dataset}",
+        "classifier.arch=small_cnn", "classifier.pretrained=false", "classifier.image_size=16",
+        "classifier.width=4", "train.epochs=3", "train.batch_size=4", "train.lr=0.01",
+        "train.optimizer=adam", "train.num_workers=2", "train.cpus_per_worker=1", *extra,
+    ])
+
+
+def test_erm_under_ray_train_then_evaluate(ray_local, tiny_dataset, tmp_path, capsys):
+    cfg = _config(tiny_dataset, tmp_path / "run")
+    result = train_erm(cfg)
+    erm = tmp_path / "run" / "erm"
+    assert result.checkpoint_dir == erm.resolve()
+    assert {p.name for p in erm.iterdir()} >= {"model.safetensors", "classifier.json", "metrics.json"}
+    assert not list((tmp_path / "run" / ".ray_train").iterdir())  # Ray Train's scratch run removed
+
+    # Selection: the saved epoch has the best val worst-group accuracy of the history.
+    history = result.history
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    best = max(h["val_worst_group_accuracy"] for h in history)
+    chosen = next(h for h in history if h["epoch"] == result.best_epoch)
+    assert chosen["val_worst_group_accuracy"] == best and chosen["selected"]
+    assert all(np.isfinite(h["train_loss"]) for h in history)
+
+    model, meta = load_classifier(erm)
+    assert meta["epoch"] == result.best_epoch and meta["class_names"] == ["red", "blue"]
+    assert meta["group_names"] == GROUP_NAMES and meta["spurious_names"] == ["grass", "sand"]
+    assert meta["val_metrics"]["worst_group_accuracy"] == best
+
+    # metrics.json layout: per split, the four fields (+ group counts), named groups.
+    written = json.loads((erm / "metrics.json").read_text())
+    assert set(written) == {"val", "test", "run"}
+    for split in ("val", "test"):
+        assert METRIC_KEYS <= set(written[split])
+        assert set(written[split]["group_accuracy"]) == set(GROUP_NAMES)
+        assert written[split]["group_count"] == dict.fromkeys(GROUP_NAMES, 3)
+    assert written["val"] == meta["val_metrics"]
+    assert written["run"]["best_epoch"] == result.best_epoch
+
+    # `raydbb evaluate` reads the checkpoint back and gets the same numbers as the sharded
+    # in-training evaluation (2 workers, counts summed across ranks).
+    out_file = tmp_path / "eval" / "metrics.json"
+    rc = main(["evaluate", "--checkpoint", str(erm), "--dataset", "csv", "--root", str(tiny_dataset),
+               "--out", str(out_file)])
+    assert rc == 0
+    evaluated = json.loads(out_file.read_text())
+    assert evaluated["val"] == written["val"] and evaluated["test"] == written["test"]
+    printed = capsys.readouterr().out
+    assert "weighted average (train group proportions)" in printed and "red/sand" in printed
+
+    # The weighted average uses the TRAIN proportions (12, 2, 2, 8 of 24).
+    acc = evaluated["test"]["group_accuracy"]
+    weights = {"red/grass": 12, "red/sand": 2, "blue/grass": 2, "blue/sand": 8}
+    expected = sum(weights[g] * acc[g] for g in GROUP_NAMES) / 24
+    assert evaluated["test"]["weighted_average_accuracy"] == pytest.approx(expected)
+
+
+def _weighted_loss(logits, labels, index):
+    # Up-weights even rows of the training frame: a stand-in for DDB's per-row repaint weights.
+    weights = 1.0 + (index % 2 == 0).float()
+    return (torch.nn.functional.cross_entropy(logits, labels, reduction="none") * weights).mean()
+
+
+def test_retrain_hook_head_only_keeps_backbone(ray_local, tiny_dataset, tmp_path):
+    """The reuse path of reweighted retraining: start from a checkpoint, custom loss, head only.
+
+    Runs in Ray Train's local mode (train.num_workers=0: the loop runs in this process).
+    """
+    cfg = _config(tiny_dataset, tmp_path / "run", "train.epochs=2", "train.num_workers=0")
+    records = load_records(cfg.data)
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    save_classifier(build_classifier(cfg.classifier, 2), base, {"class_names": ["red", "blue"]})
+    spec = FitSpec(train=cfg.train, class_names=["red", "blue"], group_names=GROUP_NAMES,
+                   train_group_fraction=None, init_checkpoint=str(base), head_only=True,
+                   loss_fn=_weighted_loss, name="retrain")
+    result = fit_classifier(spec, records.split("train"), records.split("val"), tmp_path / "retrain",
+                            final_frames={"test": records.split("test")})
+    before, _ = load_classifier(base)
+    after, meta = load_classifier(tmp_path / "retrain")
+    assert meta["head_only"] and meta["init_checkpoint"] == str(base) and meta["epoch"] == result.best_epoch
+    for (name, a), b in zip(before.backbone.state_dict().items(), after.backbone.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name  # frozen backbone, BatchNorm statistics included
+    assert not torch.equal(before.head.weight, after.head.weight)
+    assert set(result.metrics) == {"val", "test"}
+    assert result.metrics["val"]["weighted_average_accuracy"] is None  # no train fractions given
+
+
+def test_corrupt_training_image_is_one_line_data_error(ray_local, tiny_dataset, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dataset, broken)
+    victim = sorted((broken / "images").glob("train_*.png"))[0]
+    victim.write_bytes(b"not a png")
+    cfg = _config(broken, tmp_path / "run", "train.epochs=1", "train.num_workers=0")
+    with pytest.raises(DataError, match=rf"image .*{victim.name} could not be decoded"):
+        train_erm(cfg)
+    assert not (tmp_path / "run" / "erm").exists()
+
+
+def test_worker_errors_come_back_as_one_line():
+    """What Ray Train raises when a worker fails (checked against a real run): the original
+    exception per rank; a DataLoader process's copy carries the whole traceback as message."""
+    from ray.train import WorkerGroupError
+
+    plain = WorkerGroupError("rank 0 failed", {0: DataError("image x.png could not be decoded")})
+    with pytest.raises(DataError, match=r"^image x.png could not be decoded$"):
+        _raise_worker_error(plain)
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback:\n  File ...\n"
+                        "raydbb.errors.DataError: image y.png could not be decoded\n")
+    with pytest.raises(DataError, match=r"^image y.png could not be decoded$"):
+        _raise_worker_error(WorkerGroupError("rank 1 failed", {1: wrapped}))
+    other = WorkerGroupError("rank 0 failed", {0: RuntimeError("boom")})
+    with pytest.raises(WorkerGroupError):
+        _raise_worker_error(other)
