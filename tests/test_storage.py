@@ -95,3 +95,33 @@ def test_uri_detection_join_and_resolution(tmp_path: Path) -> None:
     assert local.filesystem.type_name == "local" and local.path == str(Path.home() / "x")
     with pytest.raises(DataError, match=r"cannot open nosuchscheme://x"):
         storage.resolve("nosuchscheme://x")
+
+
+def test_manifest_reads_back_through_a_file_uri(tmp_path: Path) -> None:
+    """A run folder addressed as a URI (what a run synced to s3:// or gs:// looks like)."""
+    import numpy as np
+
+    from raydbb.engine.manifest import ManifestWriter, finished_sample_ids, manifest_columns, read_manifest
+
+    ids = [f"s{i}" for i in range(5)]
+    rows = manifest_columns({
+        "sample_id": np.array(ids, dtype=object),
+        "image_path": np.array([f"images/{i}.png" for i in ids[:4]] + [""], dtype=object),
+        "kept": np.array([True, False, True, False, False]),
+    })
+    with ManifestWriter(tmp_path, rows_per_part=2) as writer:
+        for lo in (0, 2, 4):
+            writer.add({k: v[lo:lo + 2] for k, v in rows.items()})
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "s0.png").write_bytes(b"png bytes")
+    (tmp_path / "manifest" / ".part-x.parquet.tmp").write_bytes(b"half")  # a killed writer's leftover
+
+    uri = f"file://{tmp_path}"
+    remote, local = read_manifest(uri), read_manifest(tmp_path)
+    assert len(remote) == 5 and len(writer.parts) == 3
+    cols = [c for c in remote.columns if c not in ("image_path", "mask_path")]
+    assert remote[cols].equals(local[cols])
+    assert list(remote["image_path"]) == [f"{uri}/images/{i}.png" for i in ids[:4]] + [""]
+    assert storage.read_bytes(remote["image_path"][0]) == b"png bytes"
+    assert finished_sample_ids(uri) == set(ids) == finished_sample_ids(tmp_path)
+    assert read_manifest(f"file://{tmp_path}/no-run-here").empty

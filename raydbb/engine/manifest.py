@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from raydbb import storage
 from raydbb.engine.stage import Batch, num_rows
 from raydbb.errors import DataError
 
@@ -175,33 +177,55 @@ def part_files(out: str | Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
 
 
+def _part_locations(out: str | Path) -> tuple[pafs.FileSystem | None, list[str]]:
+    """``(filesystem, part paths)`` of a run folder given as a local path or a URI (``s3://``,
+    ``gs://``, ``file://``; see :mod:`raydbb.storage`). ``None`` = the local filesystem."""
+    if not storage.is_uri(str(out)):
+        return None, [str(p) for p in part_files(out)]
+    folder = storage.join(str(out), MANIFEST_DIR)
+    if not storage.is_dir(folder):
+        return None, []
+    res = storage.resolve(folder)
+    names = [n for n in storage.listdir(folder) if n.endswith(".parquet") and not n.startswith("_")]
+    return res.filesystem, [f"{res.path.rstrip('/')}/{n}" for n in names]
+
+
+def _under(root: str | Path, rel: str) -> str:
+    """A manifest path (relative to OUT; '' = none) under ``root``, a local Path or a URI string."""
+    if not rel:
+        return ""
+    return str(root / rel) if isinstance(root, Path) else storage.join(root, rel)
+
+
 def read_manifest(out: str | Path, resolve_paths: bool = True) -> pd.DataFrame:
     """All manifest rows of a run folder as a pandas frame (empty frame with the schema if none).
 
-    With ``resolve_paths`` (default) ``image_path``/``mask_path`` become absolute paths under
-    ``out``; empty paths stay empty. Needs only pyarrow and pandas.
+    ``out`` is a local folder or a URI of a run folder synced to object storage. With
+    ``resolve_paths`` (default) ``image_path``/``mask_path`` become absolute paths (or URIs)
+    under ``out``; empty paths stay empty. Needs only pyarrow and pandas.
     """
-    parts = part_files(out)
+    fs, parts = _part_locations(out)
     if parts:
         try:
-            table = pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in parts])
+            table = pa.concat_tables([pq.read_table(p, schema=SCHEMA, filesystem=fs) for p in parts])
         except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(f"manifest under {Path(out) / MANIFEST_DIR} is unreadable: {err}") from err
+            raise DataError(f"manifest under {storage.join(out, MANIFEST_DIR)} is unreadable: {err}") from err
     else:
         table = SCHEMA.empty_table()
     frame = table.to_pandas()
     if resolve_paths:
-        root = Path(out).resolve()
+        root = str(out) if storage.is_uri(str(out)) else Path(out).resolve()
         for col in ("image_path", "mask_path"):
-            frame[col] = [str(root / p) if p else "" for p in frame[col]]
+            frame[col] = [_under(root, p) for p in frame[col]]
     return frame
 
 
 def finished_sample_ids(out: str | Path) -> set[str]:
     """sample_ids already in the manifest (every recorded row counts: kept, pruned or skipped)."""
+    fs, parts = _part_locations(out)
     ids: set[str] = set()
-    for part in part_files(out):
-        ids.update(pq.read_table(part, columns=["sample_id"]).column("sample_id").to_pylist())
+    for part in parts:
+        ids.update(pq.read_table(part, columns=["sample_id"], filesystem=fs).column("sample_id").to_pylist())
     return ids
 
 
