@@ -127,6 +127,9 @@ class GenerateConfig(Section):
         StageResources(num_cpus=0.25, batch_size=16, model_batch_size=16),
         description="load/expand/write stages (plain Ray tasks; actors and model_batch_size unused)",
     )
+    block_rows: int | None = Field(
+        None, ge=1, description="source rows per Ray Data block; None = auto (small runs: many small "
+        "blocks so stages overlap; large runs: up to 64 rows, bounding per-block scheduling overhead)")
     manifest_rows_per_part: int = Field(2000, ge=1, description="rows per manifest Parquet part")
     flush_seconds: float = Field(60.0, gt=0, description="write a manifest part at least this often")
 

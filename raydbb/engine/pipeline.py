@@ -26,7 +26,13 @@ from tqdm.auto import tqdm
 
 from raydbb.config import RaydbbConfig
 from raydbb.data.records import RecordSet
-from raydbb.engine.adapter import build_dataset, concat_batches, run_loop, source_dataset
+from raydbb.engine.adapter import (
+    auto_block_rows,
+    build_dataset,
+    concat_batches,
+    run_loop,
+    source_dataset,
+)
 from raydbb.engine.manifest import (
     ManifestWriter,
     finished_sample_ids,
@@ -69,13 +75,17 @@ def source_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def execute(stages: list[Stage], rows: pd.DataFrame, engine: str = "ray",
             block_rows: int | None = None) -> Iterator[Batch]:
-    """Stream ``rows`` through ``stages`` and yield the last stage's output batches."""
+    """Stream ``rows`` through ``stages`` and yield the last stage's output batches.
+
+    With Ray, ``block_rows`` (default :func:`~raydbb.engine.adapter.auto_block_rows`) sets the
+    rows per input block: the unit Ray Data schedules, overlaps and keeps in flight.
+    """
     if engine not in ENGINES:
         raise RaydbbError(f"engine {engine!r}: expected one of {list(ENGINES)}")
-    block = block_rows or (stages[0].batch_size if stages else 1)
     if engine == "loop":
-        yield from run_loop(stages, rows, block)
+        yield from run_loop(stages, rows, block_rows)
         return
+    block = block_rows or auto_block_rows(len(rows), stages)
     ds = build_dataset(source_dataset(rows, block), stages)
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
@@ -116,7 +126,7 @@ def score_training_set(cfg: RaydbbConfig, records: RecordSet, ckpt: Path, engine
     stages = [LoadStage(cfg.generate.io), ScoreStage(ckpt, cfg.select.resources)]
     batches = []
     with tqdm(total=len(train), desc="score", unit="img", disable=not progress) as bar:
-        for batch in execute(stages, source_rows(train), engine, cfg.select.resources.batch_size):
+        for batch in execute(stages, source_rows(train), engine, cfg.generate.block_rows):
             batches.append({k: batch[k] for k in ("source_id", "source_label", "loss", "p_true", "error")})
             bar.update(num_rows(batch))
     out = concat_batches(batches).rename(columns={"source_id": "sample_id", "source_label": "label"})
@@ -155,7 +165,7 @@ def plan_sources(sources: pd.DataFrame, class_names: list[str], n_variants: int,
 def generate_samples(sources: pd.DataFrame, stages: list[Stage], out: str | Path, *,
                      class_names: list[str], n_variants: int, engine: str = "ray",
                      rows_per_part: int = 2000, flush_seconds: float = 60.0,
-                     progress: bool = True) -> dict[str, Any]:
+                     block_rows: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run ``stages`` (load … expand … write) over the pending part of ``sources`` into ``out``.
 
     Resumable: samples already in ``out``'s manifest are not generated again. Returns the run
@@ -171,7 +181,7 @@ def generate_samples(sources: pd.DataFrame, stages: list[Stage], out: str | Path
     writer = ManifestWriter(out, rows_per_part, flush_seconds)
     with writer, tqdm(total=expected - skipped, desc="generate", unit="sample", disable=not progress) as bar:
         if len(planned):
-            for batch in execute(stages, planned, engine):
+            for batch in execute(stages, planned, engine, block_rows):
                 writer.add(batch)
                 n = num_rows(batch)
                 written += n
@@ -249,7 +259,7 @@ def run_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool = True) 
     summary = generate_samples(
         source_rows(frame), stages, out, class_names=records.class_names,
         n_variants=cfg.inpaint.n_variants, engine=engine, rows_per_part=cfg.generate.manifest_rows_per_part,
-        flush_seconds=cfg.generate.flush_seconds, progress=progress)
+        flush_seconds=cfg.generate.flush_seconds, block_rows=cfg.generate.block_rows, progress=progress)
     summary["scored"] = len(scores)
     summary["unreadable_train_images"] = int((~np.isfinite(scores["loss"].to_numpy(dtype=float))).sum())
     summary["selected"] = {name: int((selected["label"] == y).sum())
