@@ -111,3 +111,20 @@ def test_example_configs_validate_and_fit_their_node(name) -> None:
              "metashift": ["cat", "dog"]}[name]
     assert set(cfg.mask.text_prompts or {}) <= set(names)
     class_quota(cfg.select, names, [10, 10])  # per-class fractions name real classes
+
+
+def test_bad_config_fails_in_one_line_before_scoring(setup_run, capsys, tmp_path) -> None:
+    root, config = setup_run
+    out = tmp_path / "fresh"
+    (out / "erm").mkdir(parents=True)
+    for f in ("model.safetensors", "classifier.json"):
+        (out / "erm" / f).write_bytes((root / "run" / "erm" / f).read_bytes())
+    bad = "select.per_class_fraction={seabird: 0.5}"
+    assert main(["generate", "--config", str(config), f"out={out}", bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown class 'seabird'" in err
+    assert not (out / "select").exists()  # nothing was scored
+
+    assert main(["generate", "--config", str(config), f"out={tmp_path / 'none'}"]) == 2
+    err = capsys.readouterr().err
+    assert "ERM checkpoint" in err and "generate.classifier=DIR" in err

@@ -40,6 +40,7 @@ from raydbb.engine.manifest import (
     remove_stale_temp_files,
 )
 from raydbb.engine.select import (
+    class_quota,
     class_tau,
     select_majority,
     token_pool,
@@ -243,6 +244,10 @@ def run_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool = True) 
     if meta_names and list(meta_names) != list(records.class_names):
         raise DataError(f"classifier {ckpt} was trained on classes {meta_names}, but the dataset has "
                         f"{records.class_names}")
+    # Fail on config errors (class names, prompts, schedulers, tokens) before the scoring pass:
+    # the stage constructors validate, and τ is not needed for that.
+    class_quota(cfg.select, records.class_names, [0] * records.num_classes)
+    generation_stages(cfg, records.class_names, ckpt, np.full(records.num_classes, 0.5))
     if engine == "ray":
         from raydbb.ray_utils import init_ray
 
