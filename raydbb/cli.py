@@ -14,6 +14,8 @@ COMMAND_MODULES = [
     "raydbb.commands.invert",
     "raydbb.commands.prune",
     "raydbb.commands.generate",
+    "raydbb.commands.retrain",
+    "raydbb.commands.tune",
     "raydbb.commands.train_erm",
     "raydbb.commands.evaluate",
     "raydbb.commands.submit",

@@ -234,10 +234,67 @@ class InvertConfig(Section):
 
 
 class RetrainConfig(Section):
-    lambdas: dict[str, float] | float = Field(6.0, description="λ_c per class name, or one value for all")
-    last_layer_only: bool = False
-    epochs: int = Field(5, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    """Reweighted retraining (``raydbb retrain``, paper Eq. 6-8) on the originals plus kept repaints."""
+
+    checkpoint: str | None = Field(None, description="weights to start from; None = <out>/erm")
+    lambdas: dict[str, float] | float = Field(
+        6.0, description="λ_c: weight of the CE over repaints labelled c, per class name or one value")
+    keep_fraction: dict[str, float] | float = Field(
+        1.0, description="share of each class's kept repaints used, highest IG score first (α stand-in)")
+    prune_from: Literal["manifest", "config"] = Field(
+        "manifest", description="manifest: its recorded kept column; config: re-decide the stored "
+                                "scores with prune.delta and prune.prob_rule")
+    last_layer_only: bool = Field(False, description="train the linear head only (backbone frozen)")
+    epochs: int = Field(5, ge=1, description="epochs of (full) retraining; val WGA selects one")
+    lr: float = Field(1e-4, gt=0, description="learning rate (optimizer etc. from the train section)")
+    fast_epochs: int = Field(20, ge=1, description="fast mode (head on cached features): epochs")
+
+    @model_validator(mode="after")
+    def _per_class_values_in_range(self) -> RetrainConfig:
+        for name, value, low, high in (("lambdas", self.lambdas, 0.0, None),
+                                       ("keep_fraction", self.keep_fraction, 0.0, 1.0)):
+            values = value.items() if isinstance(value, dict) else [(None, value)]
+            for key, v in values:
+                if v < low or (high is not None and v > high) or (name == "keep_fraction" and v == 0):
+                    where = f"retrain.{name}" + (f".{key}" if key is not None else "")
+                    want = "a share in (0, 1]" if name == "keep_fraction" else "a weight >= 0"
+                    raise ValueError(f"{where}={v}: expected {want}")
+        return self
+
+
+class TuneConfig(Section):
+    """``raydbb tune``: Ray Tune search over prune thresholds, repaint shares, λ_c and lr (fast mode)."""
+
+    num_samples: int = Field(64, ge=1, description="trials (budget in trials)")
+    time_budget_s: float | None = Field(900.0, gt=0, description="budget in seconds for the whole search")
+    max_concurrent_trials: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(0.5, gt=0, description="logical CPUs per trial (fractional is fine)")
+    grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: float = Field(3.0, gt=1, description="ASHA: keep 1/reduction_factor at each rung")
+    deltas: list[float] = Field([float("-inf")], description="δ candidates (-.inf = IG rule off); "
+                                "prune.delta is always one")
+    delta_quantiles: list[float] = Field([0.1, 0.25, 0.5], description="more δ candidates: these "
+                                         "quantiles of the manifest's stored IG scores")
+    prob_rule: list[bool] = Field([True, False], min_length=1, description="probability rule on/off")
+    keep_fractions: list[float] = Field([0.25, 0.5, 0.75, 1.0], min_length=1,
+                                        description="candidate shares of kept repaints per class")
+    lambda_range: tuple[float, float] = Field((1.0, 20.0), description="λ_c, log-uniform")
+    lr_range: tuple[float, float] = Field((1e-4, 1e-1), description="head lr, log-uniform")
+    seed: int | None = Field(None, description="search seed; None = the run seed")
+    full_retrain: bool = Field(False, description="retrain the best configuration in full afterwards")
+
+    @model_validator(mode="after")
+    def _valid_space(self) -> TuneConfig:
+        for q in self.delta_quantiles:
+            if not 0 <= q <= 1:
+                raise ValueError(f"tune.delta_quantiles: {q} is not a quantile in [0, 1]")
+        for f in self.keep_fractions:
+            if not 0 < f <= 1:
+                raise ValueError(f"tune.keep_fractions: {f} is not a share in (0, 1]")
+        for name, (low, high) in (("lambda_range", self.lambda_range), ("lr_range", self.lr_range)):
+            if not 0 < low <= high:
+                raise ValueError(f"tune.{name}=[{low}, {high}]: expected 0 < low <= high")
+        return self
 
 
 class RaydbbConfig(Section):
@@ -257,6 +314,7 @@ class RaydbbConfig(Section):
     prune: PruneConfig = PruneConfig()
     invert: InvertConfig = InvertConfig()
     retrain: RetrainConfig = RetrainConfig()
+    tune: TuneConfig = TuneConfig()
 
     def to_yaml(self, path: str | Path) -> None:
         """Write the fully resolved config (every default spelled out)."""

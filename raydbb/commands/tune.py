@@ -1,0 +1,69 @@
+"""``raydbb tune``: Ray Tune search over δ, the probability rule, repaint shares, λ_c and lr."""
+
+from __future__ import annotations
+
+import argparse
+
+from raydbb.commands import add_config_args, config_from_args
+
+HELP = """\
+Search the retraining choices of DDB with Ray Tune, without regenerating anything:
+
+  delta          IG threshold re-applied to the manifest's stored scores (tune.deltas, the
+                 config's prune.delta and tune.delta_quantiles of the stored IG scores)
+  prob rule      on / off (tune.prob_rule)
+  keep fraction  per class, the share of its kept repaints used, highest IG score first
+                 (tune.keep_fractions; stands in for the selection fraction alpha)
+  lambda_c       per class, log-uniform in tune.lambda_range
+  lr             log-uniform in tune.lr_range
+
+Fast mode: the start model's backbone features are computed once for originals, repaints and
+validation images and put in Ray's object store; each trial trains only the linear head on them
+with the reweighted loss for retrain.fast_epochs epochs, reporting after every epoch; ASHA stops
+unpromising trials (tune.grace_period, tune.reduction_factor). Objective: validation worst-group
+accuracy of the epoch the trial would select. Budget: tune.num_samples trials and
+tune.time_budget_s seconds; tune.max_concurrent_trials trials of tune.cpus_per_trial CPUs each
+(fractions are fine on a small machine).
+
+Writes OUT/tune/:
+  best.yaml    the full config with the winning prune/retrain fields (retrain.prune_from=config);
+               raydbb retrain --config OUT/tune/best.yaml accepts it, and with --fast reproduces
+               the trial's validation score
+  trials.csv   every trial: objective, epochs run, early stop, parameters, repaints per class
+  ray/         Ray Tune's own experiment folder
+With --full-retrain (or tune.full_retrain=true) the best configuration is then retrained in full
+(raydbb retrain) into OUT/ddb.
+
+Examples:
+  raydbb tune --config jobs/configs/synthetic.yaml --manifest runs/demo tune.num_samples=200
+  raydbb tune --config jobs/configs/synthetic.yaml --full-retrain tune.time_budget_s=300
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tune", help="Ray Tune over thresholds, repaint shares, lambda and lr -> OUT/tune/best.yaml",
+        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--manifest", metavar="DIR",
+                        help="run folder of raydbb generate, or its manifest/ (default: the config's out)")
+    parser.add_argument("--full-retrain", action="store_true",
+                        help="retrain the best configuration in full afterwards (raydbb retrain)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress output from Ray Tune")
+    add_config_args(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from raydbb.retrain import run_retrain
+    from raydbb.tune import format_trials, run_tune
+
+    cfg = config_from_args(args)
+    result = run_tune(cfg, args.manifest, progress=not args.no_progress)
+    print(format_trials(result.trials))
+    print(f"wrote {result.best_path} and {result.trials_path}")
+    if args.full_retrain or cfg.tune.full_retrain:
+        retrained = run_retrain(result.best_config, args.manifest, progress=not args.no_progress)
+        print(retrained.table())
+        print(f"wrote {retrained.checkpoint_dir} (full retraining of the best configuration)")
+    return 0
