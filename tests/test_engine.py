@@ -188,3 +188,36 @@ def test_resume_after_partial_and_crashed_runs(ray_local, sources, tmp_path) -> 
     again = _run(sources, out, "ray")  # nothing left: no Ray work is started at all
     assert again["skipped_resume"] == 16 and again["written"] == 0
     assert len(read_manifest(out)) == 16
+
+
+def test_seed_is_a_stable_function_of_the_sample_only() -> None:
+    # A golden value: seeds must not change between processes, versions or machines.
+    assert derive_seed(0, "train_17", 1, 0) == 2152361274667650466
+    seeds = {derive_seed(r, s, t, v) for r in (0, 1) for s in ("a", "b") for t in (0, 1) for v in (0, 1)}
+    assert len(seeds) == 16 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_expand_fans_out_to_other_classes_and_variants() -> None:
+    stage = ExpandStage(["cat", "dog", "fox bat"], n_variants=2, run_seed=5)
+    batch = {"source_id": np.array(["x", "y"], dtype=object), "source_label": np.array([0, 2]),
+             "source_image": object_column([np.zeros((2, 3, 3), np.uint8), np.ones((4, 1, 3), np.uint8)])}
+    out = stage(batch)
+    assert list(out["sample_id"][:2]) == ["x__to-dog__v0", "x__to-dog__v1"]
+    # a class name with a space is sanitised, with a hash so that ids cannot collide
+    assert out["sample_id"][2].startswith("x__to-fox_bat__v0-") and out["sample_id"][2] != out["sample_id"][3]
+    assert out["target_label"].tolist() == [1, 1, 2, 2, 0, 0, 1, 1]
+    assert out["variant"].tolist() == [0, 1] * 4
+    assert out["seed"][5] == derive_seed(5, "y", 0, 1)
+    assert out["source_image"][7].shape == (4, 1, 3)  # the row's own image travels with it
+    # resume: only the listed (target, variant) pairs
+    todo = stage({**batch, "todo": np.array(["2:1", ""], dtype=object)})
+    assert todo["sample_id"].tolist() == [make_sample_id("x", "fox bat", 1)] and "todo" not in todo
+
+
+def test_auto_block_rows() -> None:
+    from raydbb.engine.adapter import auto_block_rows
+
+    stages = _stages(Path("/tmp/unused"))  # smallest batch size 2
+    assert auto_block_rows(10, stages) == 2  # small run: many small blocks so stages overlap
+    assert auto_block_rows(800, stages) == 50
+    assert auto_block_rows(20000, stages) == 64  # large run: bounded per-block overhead
