@@ -13,7 +13,7 @@ from PIL import Image
 from raydbb.cli import main
 from raydbb.config import load_config
 from raydbb.data.registry import load_records
-from raydbb.errors import DataError
+from raydbb.errors import ConfigError, DataError
 from raydbb.models.checkpoint import load_classifier, save_classifier
 from raydbb.models.classifier import build_classifier
 from raydbb.training.erm import FitSpec, _raise_worker_error, fit_classifier, train_erm
@@ -175,3 +175,16 @@ def test_worker_errors_come_back_as_one_line():
     other = WorkerGroupError("rank 0 failed", {0: RuntimeError("boom")})
     with pytest.raises(WorkerGroupError):
         _raise_worker_error(other)
+
+
+def test_workers_that_cannot_fit_fail_before_training(ray_local, tiny_dataset, tmp_path):
+    cfg = _config(tiny_dataset, tmp_path / "run", "train.use_gpu=true", "train.num_workers=1")
+    if ray_local.cluster_resources().get("GPU", 0) == 0:
+        with pytest.raises(ConfigError, match=r"train.use_gpu=true .* needs that many GPUs but Ray has 0"):
+            train_erm(cfg)
+    have = ray_local.cluster_resources()["CPU"]
+    cfg = _config(tiny_dataset, tmp_path / "run", "train.num_workers=3", f"train.cpus_per_worker={have}")
+    with pytest.raises(ConfigError, match=rf"needs {3 * have:g} CPUs but Ray has {have:g}"):
+        train_erm(cfg)
+    assert not (tmp_path / "run" / "erm").exists()
+

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from raydbb.config import ClassifierConfig, RayConfig, RaydbbConfig, TrainConfig
-from raydbb.errors import DataError, RaydbbError
+from raydbb.errors import ConfigError, DataError, RaydbbError
 from raydbb.models.checkpoint import META_FILE, save_classifier, unwrap
 
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -293,6 +293,28 @@ def scaling_config(cfg: TrainConfig):
     return ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources)
 
 
+def check_workers_fit(cfg: TrainConfig) -> None:
+    """Fail in one line when a single-node Ray instance cannot hold the requested workers.
+
+    Ray Train would otherwise wait forever for resources that never appear (e.g. ``use_gpu``
+    on a machine without GPUs). Multi-node clusters are not checked: they may scale up.
+    """
+    import ray
+
+    if cfg.num_workers == 0 or len([n for n in ray.nodes() if n.get("Alive")]) != 1:
+        return
+    have = ray.cluster_resources()
+    need_cpu = cfg.num_workers * cfg.cpus_per_worker
+    if need_cpu > have.get("CPU", 0):
+        raise ConfigError(
+            f"train.num_workers={cfg.num_workers} x train.cpus_per_worker={cfg.cpus_per_worker} needs "
+            f"{need_cpu:g} CPUs but Ray has {have.get('CPU', 0):g}; lower them (fractions are fine) or "
+            "raise ray.num_cpus")
+    if cfg.use_gpu and cfg.num_workers > have.get("GPU", 0):
+        raise ConfigError(f"train.use_gpu=true with train.num_workers={cfg.num_workers} needs that many GPUs "
+                          f"but Ray has {have.get('GPU', 0):g}; set train.use_gpu=false or fewer workers")
+
+
 def _raise_worker_error(err: Exception) -> None:
     """Re-raise a user error (bad image, diverged loss) from a worker as the one-line error it is.
 
@@ -362,6 +384,7 @@ def fit_classifier(
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
     init_ray(RayConfig())  # no-op when the caller already connected
+    check_workers_fit(spec.train)
     refs = {
         "train": ray.put(train_frame.reset_index(drop=True)),
         "val": ray.put(val_frame.reset_index(drop=True)),
