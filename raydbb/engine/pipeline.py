@@ -249,9 +249,13 @@ def run_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool = True) 
     class_quota(cfg.select, records.class_names, [0] * records.num_classes)
     generation_stages(cfg, records.class_names, ckpt, np.full(records.num_classes, 0.5))
     if engine == "ray":
+        import ray
+
         from raydbb.ray_utils import init_ray
 
         init_ray(cfg.ray)
+        # Ray Data's per-operator progress (bars on a terminal, log lines in a job's log)
+        ray.data.DataContext.get_current().enable_progress_bars = progress
     scores = score_training_set(cfg, records, ckpt, engine, progress)
     tau = class_tau(scores, records.num_classes)
     write_tau(out, records.class_names, tau, str(ckpt))
