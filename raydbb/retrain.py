@@ -494,8 +494,8 @@ def fit_head(cache: FeatureCache, params: HeadParams, train: TrainConfig, epochs
     with _torch_threads(1):
         head = torch.nn.Linear(x.shape[1], len(cache.class_names))
         with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(cache.head_weight))
-            head.bias.copy_(torch.from_numpy(cache.head_bias))
+            head.weight.copy_(torch.tensor(cache.head_weight))  # copies: object-store arrays are read-only
+            head.bias.copy_(torch.tensor(cache.head_bias))
         optimizer = _optimizer(head.parameters(), train.model_copy(update={"lr": params.lr}))
         generator = torch.Generator().manual_seed(train.seed)
         best: tuple[Any, ...] | None = None

@@ -145,11 +145,12 @@ def trials_table(results: list[Any], class_names: list[str], max_epochs: int) ->
 
 @dataclass
 class TuneResult:
-    """Where the search wrote its results, the winning config and its validation objective."""
+    """Where the search wrote its results, the winning config, its objective and per-epoch reports."""
 
     best_config: RaydbbConfig
     best_objective: float
     best_trial: dict[str, Any]
+    best_history: list[dict[str, Any]]
     trials: pd.DataFrame
     best_path: Path
     trials_path: Path
@@ -188,11 +189,14 @@ def run_tune(cfg: RaydbbConfig, manifest_dir: str | Path | None = None, progress
         param_space=search_space(cfg, cache),
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE, mode="max", num_samples=cfg.tune.num_samples,
-            max_concurrent_trials=cfg.tune.max_concurrent_trials, time_budget_s=cfg.tune.time_budget_s,
+            time_budget_s=cfg.tune.time_budget_s,
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                                     grace_period=min(cfg.tune.grace_period, epochs),
                                     reduction_factor=cfg.tune.reduction_factor),
-            search_alg=BasicVariantGenerator(random_state=seed), reuse_actors=True,
+            # The generator applies the concurrency cap itself (TuneConfig's would be ignored).
+            search_alg=BasicVariantGenerator(random_state=seed,
+                                             max_concurrent=cfg.tune.max_concurrent_trials),
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=str(out / "ray"), verbose=1 if progress else 0),
@@ -214,7 +218,8 @@ def run_tune(cfg: RaydbbConfig, manifest_dir: str | Path | None = None, progress
     best_cfg.to_yaml(best_path)
     print(f"tune: {len(results)} trials ({len(results) - len(ok)} failed) in {seconds:.0f} s; "
           f"best val objective {best.metrics[OBJECTIVE]:.4f} (trial {index})")
-    return TuneResult(best_cfg, float(best.metrics[OBJECTIVE]), dict(best.config), table, best_path,
+    history = best.metrics_dataframe.to_dict("records") if best.metrics_dataframe is not None else []
+    return TuneResult(best_cfg, float(best.metrics[OBJECTIVE]), dict(best.config), history, table, best_path,
                       trials_path)
 
 
