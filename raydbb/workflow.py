@@ -1,10 +1,10 @@
 """The whole DDB run as an ordered list of named, resumable steps.
 
-    synth ─ train_erm ─ invert ─ generate ─ evaluate
+    synth ─ train_erm ─ invert ─ generate ─ retrain ─ evaluate
 
 Each step calls its owning module's function (``write_synthetic``, ``train_erm``,
-``run_inversion``, ``run_generate``, ``evaluate_checkpoint``) — the same code the CLI commands
-run. A finished step leaves a marker ``OUT/.steps/<step>.json`` with a fingerprint of its inputs:
+``run_inversion``, ``run_generate``, ``run_retrain``, ``evaluate_checkpoint``) — the same code the
+CLI commands run. A finished step leaves a marker ``OUT/.steps/<step>.json`` with a fingerprint of its inputs:
 the config fields it reads (resource settings such as actor counts, batch sizes and the Ray
 address are left out: they change how fast a step runs, not what it computes) and the run ids of
 the steps before it. A rerun skips every step whose fingerprint still matches and whose output
@@ -41,8 +41,9 @@ METRICS_FILE = "metrics.json"
 TOKENS_DIR = "tokens"
 
 # Checkpoints the evaluate step scores, by entry name in OUT/metrics.json -> folder under OUT.
-# The retrain step adds its own ("ddb") here.
-CHECKPOINTS: dict[str, str] = {"erm": "erm"}
+# "ddb" (the retrain step's) is scored when present: a run asked for only up to ERM has none.
+CHECKPOINTS: dict[str, str] = {"erm": "erm", "ddb": "ddb"}
+OPTIONAL_CHECKPOINTS = frozenset({"ddb"})
 
 # Config fields that only decide how fast or where a step runs; changing them re-runs nothing.
 RESOURCE_FIELDS = frozenset({
@@ -112,6 +113,16 @@ def _generate(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
     return summary
 
 
+def _retrain(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
+    from raydbb.retrain import run_retrain
+
+    result = run_retrain(cfg, progress=progress)
+    print(result.table())
+    return {"checkpoint": str(result.checkpoint_dir), "best_epoch": result.run["best_epoch"],
+            "repaints": result.run["repaints"],
+            "worst_group_accuracy": {s: m["worst_group_accuracy"] for s, m in result.metrics.items()}}
+
+
 def _evaluate(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
     from raydbb.data.registry import load_records
     from raydbb.training.evaluate import evaluate_checkpoint
@@ -121,6 +132,8 @@ def _evaluate(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for name, folder in CHECKPOINTS.items():
         ckpt = safe_join(cfg.out, folder)
+        if name in OPTIONAL_CHECKPOINTS and not (ckpt / "classifier.json").is_file():
+            continue
         metrics = evaluate_checkpoint(ckpt, records, ("val", "test"), device=cfg.device, progress=progress)
         doc[name] = {**metrics, "run": {"checkpoint": str(ckpt), "dataset": records.name,
                                         "data_root": str(cfg.data.root)}}
@@ -155,13 +168,19 @@ GENERATE = Step(
     outputs=lambda c: [safe_join(c.out, n) for n in ("manifest", "images", "masks", "select", "tau.json",
                                                      "generate_config.yaml")],
 )
+RETRAIN = Step(
+    "retrain", "originals + kept repaints, λ-weighted loss, from the ERM weights -> OUT/ddb",
+    ("data", "train", "retrain", "prune.delta", "prune.prob_rule"), _retrain,
+    done_file=lambda c: safe_join(c.out, "ddb", METRICS_FILE),
+    outputs=lambda c: [safe_join(c.out, "ddb")],
+)
 EVALUATE = Step(
     "evaluate", "group metrics of every checkpoint on val and test -> OUT/metrics.json",
     ("data",), _evaluate,
     done_file=lambda c: safe_join(c.out, METRICS_FILE),
     outputs=lambda c: [safe_join(c.out, METRICS_FILE)],
 )
-ALL_STEPS: tuple[Step, ...] = (SYNTH, TRAIN_ERM, INVERT, GENERATE, EVALUATE)
+ALL_STEPS: tuple[Step, ...] = (SYNTH, TRAIN_ERM, INVERT, GENERATE, RETRAIN, EVALUATE)
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in ALL_STEPS)
 
 
@@ -197,7 +216,7 @@ def pipeline_steps(cfg: RaydbbConfig) -> list[Step]:
     tokens = cfg.inpaint.tokens_dir
     if tokens is None or Path(tokens).resolve() == (Path(cfg.out) / TOKENS_DIR).resolve():
         steps.append(INVERT)
-    steps += [GENERATE, EVALUATE]
+    steps += [GENERATE, RETRAIN, EVALUATE]
     return steps
 
 

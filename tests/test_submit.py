@@ -156,7 +156,7 @@ def test_submit_synthetic_pipeline_job(ray_head: str, tiny_pipeline_config: Path
     # The job ran every step on the cluster, with the override, into `out`.
     rows = (out / "data" / "metadata.csv").read_text().splitlines()
     assert len(rows) == 1 + 20 + 8 + 8
-    for step in ("synth", "train_erm", "invert", "generate", "evaluate"):
+    for step in ("synth", "train_erm", "invert", "generate", "retrain", "evaluate"):
         assert read_marker(out, step) is not None, step
     assert yaml.safe_load((out / "config.yaml").read_text())["data"]["synthetic"]["n_train"] == 20
     manifest = pd.read_parquet(out / "manifest")
@@ -171,7 +171,7 @@ def test_submit_synthetic_pipeline_job(ray_head: str, tiny_pipeline_config: Path
     # Resubmitting the finished pipeline skips every step.
     assert main(["submit", "--address", ray_head, "--config", str(config), "data.synthetic.n_train=20"]) == 0
     text = capsys.readouterr().out
-    assert text.count(": already done") == 5 and "ran nothing" in text
+    assert text.count(": already done") == 6 and "ran nothing" in text
 
 
 def test_failed_job_exit_code_and_no_wait(ray_head: str, tmp_path: Path, capsys) -> None:

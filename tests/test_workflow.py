@@ -148,7 +148,8 @@ def test_resolved_config_is_saved_and_reloads(tmp_path: Path) -> None:
 def test_pipeline_composition(tmp_path: Path) -> None:
     data = tmp_path / "data"
     cfg = resolve_config(_cfg(tmp_path / "run", f"data.root={data}"))
-    assert [s.name for s in pipeline_steps(cfg)] == ["synth", "train_erm", "invert", "generate", "evaluate"]
+    assert [s.name for s in pipeline_steps(cfg)] == ["synth", "train_erm", "invert", "generate", "retrain",
+                                                     "evaluate"]
     data.mkdir()
     (data / "metadata.csv").write_text("path,label\n")  # a dataset already there: no synth
     assert [s.name for s in pipeline_steps(cfg)][:2] == ["train_erm", "invert"]

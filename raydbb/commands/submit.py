@@ -17,7 +17,7 @@ import yaml
 from raydbb.commands import add_config_args
 from raydbb.errors import ConfigError, RaydbbError
 
-JOB_STEPS = ("pipeline", "synth", "train_erm", "invert", "generate", "evaluate")
+JOB_STEPS = ("pipeline", "synth", "train_erm", "invert", "generate", "retrain", "evaluate")
 
 HELP = """\
 Submit `python -m raydbb.jobs.<step> --config FILE [overrides]` to a Ray cluster through its job
