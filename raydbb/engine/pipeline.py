@@ -197,6 +197,7 @@ def generate_samples(sources: pd.DataFrame, stages: list[Stage], out: str | Path
                         acc[1] += int(np.isfinite(col).sum())
                 bar.update(n)
     wall = time.perf_counter() - start
+    order = {stage.name: i for i, stage in enumerate(stages)}
     return {
         "out": str(out),
         "engine": engine,
@@ -208,8 +209,9 @@ def generate_samples(sources: pd.DataFrame, stages: list[Stage], out: str | Path
         "pruned": {r: c for r, c in sorted(counts.items()) if r != "kept"},
         "wall_s": wall,
         "samples_per_s": written / wall if wall > 0 and written else 0.0,
-        "stages": {name: {"s_per_row": t / n if n else float("nan"), "rows_per_busy_s": n / t if t > 0 else
-                          float("nan")} for name, (t, n) in stage_time.items()},
+        "stages": {name: {"s_per_row": t / n if n else float("nan"),
+                          "rows_per_busy_s": n / t if t > 0 else float("nan")}
+                   for name, (t, n) in sorted(stage_time.items(), key=lambda kv: order.get(kv[0], 99))},
         "manifest_parts": [str(p) for p in writer.parts],
     }
 
