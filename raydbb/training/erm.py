@@ -17,6 +17,7 @@ every worker takes the same selection decision.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -357,6 +358,7 @@ def fit_classifier(
     out_dir: str | Path,
     final_frames: dict[str, pd.DataFrame] | None = None,
     storage_dir: str | Path | None = None,
+    ray_config: RayConfig | None = None,
 ) -> FitResult:
     """Train under Ray Train ``TorchTrainer``; the selected checkpoint ends up in ``out_dir``.
 
@@ -364,7 +366,8 @@ def fit_classifier(
     accuracy is selected and written to ``out_dir`` as soon as it is selected. ``final_frames``
     (``{split: frame}``) are evaluated with the selected weights on the training workers. Ray
     Train's run state lives in ``storage_dir`` (default: ``.ray_train`` next to ``out_dir``;
-    shared storage on a multi-node cluster) and is removed after a successful run.
+    shared storage on a multi-node cluster) and is removed after a successful run. Ray is
+    started (or joined) with ``ray_config`` after the inputs are validated, unless already up.
     """
     import ray
     from ray.train import LoggingConfig, RunConfig
@@ -383,7 +386,7 @@ def fit_classifier(
     storage = Path(storage_dir).resolve() if storage_dir else out_dir.parent / ".ray_train"
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
-    init_ray(RayConfig())  # no-op when the caller already connected
+    init_ray(ray_config or RayConfig())  # no-op when the caller already connected
     check_workers_fit(spec.train)
     refs = {
         "train": ray.put(train_frame.reset_index(drop=True)),
@@ -407,6 +410,8 @@ def fit_classifier(
     if result.return_value is None or not (out_dir / META_FILE).is_file():
         raise RaydbbError(f"training run {run_name} finished without a checkpoint in {out_dir}")
     shutil.rmtree(storage / run_name, ignore_errors=True)
+    with contextlib.suppress(OSError):  # other runs may still use it
+        storage.rmdir()
     value = result.return_value
     return FitResult(out_dir, value["best_epoch"], value["metrics"], value["history"])
 
@@ -431,15 +436,13 @@ def erm_spec(cfg: RaydbbConfig, records) -> FitSpec:
 def train_erm(cfg: RaydbbConfig) -> FitResult:
     """ERM on ``cfg.data``: best checkpoint and ``metrics.json`` (val, test) in ``OUT/erm/``."""
     from raydbb.data.registry import load_records
-    from raydbb.ray_utils import init_ray
     from raydbb.training.evaluate import write_metrics
 
     records = load_records(cfg.data)
-    init_ray(cfg.ray)
     out_dir = Path(cfg.out) / "erm"
     spec = erm_spec(cfg, records)
     result = fit_classifier(spec, records.split("train"), records.split("val"), out_dir,
-                            final_frames={"test": records.split("test")})
+                            final_frames={"test": records.split("test")}, ray_config=cfg.ray)
     write_metrics(out_dir / "metrics.json", result.metrics,
                   run={"checkpoint": str(out_dir), "dataset": records.name, "data_root": str(cfg.data.root),
                        "best_epoch": result.best_epoch, "selection": "val worst_group_accuracy",
