@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from ddb_run import CLASSES, base_overrides, build_tiny_run, run_prune_stage
+from ddb_run import CLASSES, base_overrides, build_tiny_run, oracle_generate
 
 from raydbb.cli import main
 from raydbb.engine.manifest import read_manifest
@@ -129,18 +129,24 @@ def test_select_repaints_rules_then_top_ig_share_per_class():
     assert pick(RepaintChoice("manifest", 0.0, True, (1.0, 0.34))) == ["b", "c", "f", "g"]
 
 
-def test_delta_on_the_manifest_equals_pruning_at_generation_time(tmp_path_factory):
-    """The manifest of the tiny run was scored with every rule off; re-applying (δ, prob rule) to its
-    stored scores keeps exactly what the prune stage keeps when it runs with those thresholds."""
+def test_delta_on_the_manifest_equals_pruning_at_generation_time(tmp_path_factory, tmp_path):
+    """The tiny run's manifest was generated with every rule off; re-applying (δ, prob rule) to its
+    stored scores keeps exactly what a generate run with those thresholds keeps."""
     run = build_tiny_run(tmp_path_factory.getbasetemp())
     cand = candidate_repaints(read_manifest(run.out))
+    assert len(cand) == 48 and cand["kept"].all()
     ig = np.sort(cand["ig_score"].to_numpy())
     for delta, prob_rule in ((float(ig[len(ig) // 2]), False), (float(ig[len(ig) // 4]), True)):
-        at_generation = run_prune_stage(run.erm, run.batch, run.tau, delta, prob_rule)
-        kept_then = set(at_generation["sample_id"][at_generation["kept"]])
+        out = tmp_path / f"gen-{delta}-{prob_rule}"
+        oracle_generate(run, out, delta, prob_rule)
+        generated = read_manifest(out)
+        kept_then = set(generated["sample_id"][generated["kept"]])
         chosen = select_repaints(cand, RepaintChoice("config", delta, prob_rule, (1.0, 1.0)))
         assert set(cand["sample_id"][chosen]) == kept_then
-        assert 0 < len(kept_then) < len(cand)  # the thresholds really split the set
+        # Both rules really fired: the IG rule splits the set; the ERM still sees the source class
+        # in these perfect repaints of its most confident images, so the probability rule drops some.
+        reasons = set(generated["prune_reason"])
+        assert ("prob" in reasons) if prob_rule else (0 < len(kept_then) < len(cand) and "ig" in reasons)
 
 
 # ---------------------------------------------------------------- `raydbb retrain` end to end
@@ -161,7 +167,7 @@ def test_retrain_cli_improves_or_holds_val_wga_and_evaluate_reads_it(ray_local, 
     assert set(metrics) == {"val", "test", "run"}
     start = metrics["run"]["start_metrics"]
     assert metrics["val"]["worst_group_accuracy"] >= start["val"]["worst_group_accuracy"]
-    assert metrics["run"]["repaints"] == {"landbird": 9, "waterbird": 39}
+    assert metrics["run"]["repaints"] == {"landbird": 12, "waterbird": 36}
     assert metrics["run"]["lambdas"] == {"landbird": 1.0, "waterbird": 1.0}
     history = metrics["run"]["history"]
     assert len(history) == 12 and all(np.isfinite(h["train_loss"]) for h in history)
