@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "raydbb.commands.train_erm",
     "raydbb.commands.evaluate",
     "raydbb.commands.submit",
+    "raydbb.commands.demo",
+    "raydbb.commands.report",
 ]
 
 DESCRIPTION = """\
