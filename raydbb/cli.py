@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "raydbb.commands.train_erm",
     "raydbb.commands.evaluate",
     "raydbb.commands.submit",
+    "raydbb.commands.train_inpainter",
     "raydbb.commands.demo",
     "raydbb.commands.report",
 ]

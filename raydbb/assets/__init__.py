@@ -1,0 +1,27 @@
+"""Model files shipped inside the raydbb package.
+
+``synthetic_inpainter/`` is a small Stable-Diffusion-2-shaped inpainting model (``AutoencoderKL``,
+9-channel ``UNet2DConditionModel``, CLIP text encoder and tokenizer, DDIM scheduler) trained by
+``raydbb train-inpainter`` on the training split of the embedded synthetic benchmark
+(``raydbb data synth --seed 0``). It loads with
+``diffusers.StableDiffusionInpaintPipeline.from_pretrained(synthetic_inpainter_path())``
+and is the demo's default ``inpaint.model``; how it was trained is recorded in its
+``raydbb_inpainter.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raydbb.errors import RaydbbError
+
+SYNTHETIC_INPAINTER = "synthetic_inpainter"
+
+
+def synthetic_inpainter_path() -> Path:
+    """Folder of the shipped synthetic-benchmark inpainting pipeline (a ``from_pretrained`` path)."""
+    path = Path(__file__).resolve().parent / SYNTHETIC_INPAINTER
+    if not (path / "model_index.json").is_file():
+        raise RaydbbError(f"{path} holds no inpainting pipeline (model_index.json missing); reinstall "
+                          "raydbb or rebuild it with `raydbb train-inpainter --out " + str(path) + "`")
+    return path

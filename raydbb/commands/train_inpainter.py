@@ -1,0 +1,76 @@
+"""``raydbb train-inpainter``: train the small in-domain SD-2-shaped inpainting model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from raydbb.inpainter_training import InpainterSpec
+
+HELP = """\
+Train a small Stable-Diffusion-2-shaped inpainting model (AutoencoderKL, 9-channel UNet, CLIP text
+encoder with the offline CLIP tokenizer, DDIM scheduler) on the TRAIN split of a dataset with
+object masks, and save it as a StableDiffusionInpaintPipeline folder (safetensors) that
+inpaint.model can point at. This is how the inpainter shipped in raydbb/assets was made:
+
+  raydbb data synth --out runs/inpainter_data --seed 0
+  raydbb train-inpainter --data runs/inpainter_data --out raydbb/assets/synthetic_inpainter --overwrite
+
+Phase 1 trains the VAE (64 px -> 16x16x4 latents), phase 2 the UNet and text encoder with the
+standard SD inpainting objective on prompts "a photo of a <class name>" (dropped to "" 10 % of the
+time for classifier-free guidance) and masks that are the object's own mask (dilated), its
+bounding box, or random shapes. Rows are sampled group-balanced using the training split's group
+labels (--balance), so the prompt, not the background, decides which bird is painted.
+
+Deterministic from --seed for a given torch version and --threads. One torch thread is the
+default: on a CPU shared with other work, extra threads spin and can be many times slower; on an
+idle machine --threads 2 is faster (the result then differs in the last bits).
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    defaults = InpainterSpec()
+    parser = subparsers.add_parser(
+        "train-inpainter", help="train the small SD-shaped inpainting model on a dataset's train split",
+        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder (train split + masks)")
+    parser.add_argument("--dataset", choices=["synthetic", "csv"], default="synthetic",
+                        help="dataset layout of --data (default synthetic; both are the generic CSV layout)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="pipeline folder to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out (only once the new model is complete)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=defaults.unet_steps, metavar="N",
+                        help="UNet + text encoder optimiser steps (default %(default)s)")
+    parser.add_argument("--vae-steps", type=int, default=defaults.vae_steps, metavar="N",
+                        help="VAE optimiser steps (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N",
+                        help="images per UNet step (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="UNet/text encoder learning rate")
+    parser.add_argument("--balance", choices=["group", "class", "none"], default=defaults.balance,
+                        help="sampling balance from the train split's labels (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default 1)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from raydbb.config import DataConfig
+    from raydbb.data.registry import load_records
+    from raydbb.errors import ConfigError
+    from raydbb.inpainter_training import TRAINING_RECORD, train_inpainter
+
+    if args.threads < 1:
+        raise ConfigError(f"--threads={args.threads}: expected an integer >= 1")
+    torch.set_num_threads(args.threads)
+    spec = InpainterSpec(seed=args.seed, unet_steps=args.steps, vae_steps=args.vae_steps,
+                         batch_size=args.batch_size, lr=args.lr, balance=args.balance)
+    records = load_records(DataConfig(name=args.dataset, root=args.data))
+    out = train_inpainter(records, args.out, spec, progress=not args.no_progress, overwrite=args.overwrite)
+    record = json.loads((out / TRAINING_RECORD).read_text())
+    print(f"wrote {out} (VAE {record['seconds']['vae']:.0f} s, UNet {record['seconds']['unet']:.0f} s; "
+          f"UNet loss {record['unet_loss_start_end'][0]:.3f} -> {record['unet_loss_start_end'][1]:.3f})")
+    return 0

@@ -1,0 +1,509 @@
+"""Train a small Stable-Diffusion-2-shaped inpainting model on a labelled dataset with object masks.
+
+This is how the inpainter shipped in ``raydbb/assets/synthetic_inpainter`` is made (``raydbb
+train-inpainter``): the same model family and pipeline class as SD-2 inpainting
+(``AutoencoderKL`` + 9-channel ``UNet2DConditionModel`` + CLIP text encoder, loaded with
+``StableDiffusionInpaintPipeline``), small enough to train on a laptop CPU, so that the whole DDB
+method can be shown working where no pretrained diffusion weights can be downloaded.
+
+Two phases, both deterministic from ``seed`` (same torch version and thread count, same bytes):
+
+1. **VAE.** The ``AutoencoderKL`` (64 px -> 16x16x4 latents by default) is trained on random crops
+   (L1 reconstruction + a small KL term); its ``scaling_factor`` is then set to 1 / std of the
+   training latents, as for SD.
+2. **UNet + text encoder.** Standard SD inpainting training: z_0 = VAE latents x scaling factor,
+   noise at a uniform DDPM timestep, the UNet sees ``[z_t, mask, masked-image latents]`` and the
+   prompt and predicts the noise (MSE). Masks and masked images are prepared exactly as
+   ``StableDiffusionInpaintPipeline`` prepares them at inference (binary pixel mask, masked pixels
+   set to 0 in [-1, 1], nearest-neighbour mask downsampling). The text encoder is trained too
+   (it starts random). An exponential moving average of both is what gets saved.
+
+Masks: the object's own mask dilated by a random disk radius (the DDB case), the object's bounding
+box, or random rectangles/ellipses anywhere (generic inpainting). Prompts: one of the textual
+inversion templates with the sample's class name, its ``{token}`` slot empty or filled with a random
+vocabulary word (so a learned token added later is an extra word the model already tolerates), and
+dropped to ``""`` with probability ``prompt_dropout`` for classifier-free guidance.
+
+The class is carried only by the prompt: with object masks the bird is fully hidden and the model
+must paint the prompted class. Because the training split is spuriously correlated (waterbirds on
+water), rows are sampled group-balanced by default, *using the training split's group labels*
+(fine for building a demo generator; DDB itself never needs them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, StableDiffusionInpaintPipeline
+from tqdm import tqdm
+
+from raydbb.config import INVERT_TEMPLATES
+from raydbb.data.images import read_image, read_mask
+from raydbb.data.records import UNKNOWN, RecordSet
+from raydbb.engine.stages.inpaint import fill_prompt
+from raydbb.engine.stages.mask import dilate_mask
+from raydbb.errors import ConfigError, DataError
+from raydbb.models.small_sd import SmallSDSizes, build_clip_tokenizer, make_small_inpaint_pipeline
+from raydbb.models.transforms import mask_to_model, to_model_input
+
+TRAINING_RECORD = "raydbb_inpainter.json"
+SIZES_RECORD = "raydbb_small_sd.json"  # the file build_small_inpaint_pipeline writes, same layout
+
+#: Sizes of the shipped model: 64 px images, 16x16x4 latents, ~1.5 M UNet parameters.
+DEFAULT_SIZES: dict[str, Any] = {
+    "sample_size": 16,
+    "block_channels": (32, 64, 64),
+    "layers_per_block": 1,
+    # diffusers' UNet2DConditionModel reads this as the number of heads: one head of 32/64 channels
+    # is 1.5x faster on a CPU than SD-2's head count at these widths.
+    "attention_head_dim": 1,
+    "norm_num_groups": 8,
+    "vae_channels": (16, 32, 64),
+    "vae_layers_per_block": 1,
+    "latent_channels": 4,
+    "text_hidden": 32,
+    "text_layers": 2,
+    "text_heads": 2,
+    "text_intermediate": 128,
+}
+
+
+@dataclass(frozen=True)
+class InpainterSpec:
+    """Hyper-parameters of :func:`train_inpainter` (defaults: the shipped model)."""
+
+    seed: int = 0
+    vae_steps: int = 1000
+    vae_batch_size: int = 16
+    vae_crop: int = 32
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    unet_steps: int = 2500
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    prompt_dropout: float = 0.1
+    token_word_prob: float = 0.5
+    balance: Literal["group", "class", "none"] = "group"
+    # Mask mix (the rest are random rectangles/ellipses): object mask dilated by 0..max_dilate px,
+    # or the object's bounding box grown by 0..max_dilate px.
+    object_mask_prob: float = 0.6
+    box_mask_prob: float = 0.15
+    max_dilate: int = 4
+    sizes: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SIZES))
+
+    def __post_init__(self) -> None:
+        if int(self.seed) < 0:
+            raise ConfigError(f"seed={self.seed}: expected an integer >= 0")
+        for name in ("lr", "vae_lr"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected a learning rate > 0")
+        for name in ("vae_steps", "unet_steps", "vae_batch_size", "batch_size", "vae_crop"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected an integer >= 1")
+        for name in ("prompt_dropout", "token_word_prob", "object_mask_prob", "box_mask_prob"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected a probability in [0, 1]")
+        if self.object_mask_prob + self.box_mask_prob > 1.0:
+            raise ConfigError(f"object_mask_prob + box_mask_prob = "
+                              f"{self.object_mask_prob + self.box_mask_prob}: expected at most 1")
+        if self.balance not in ("group", "class", "none"):
+            raise ConfigError(f"balance={self.balance!r}: expected group, class or none")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay={self.ema_decay}: expected a value in [0, 1)")
+        unknown = sorted(set(self.sizes) - {f.name for f in dataclasses.fields(SmallSDSizes)})
+        if unknown:
+            raise ConfigError(f"sizes: unknown field(s) {unknown}; expected SmallSDSizes fields")
+
+    @property
+    def model_sizes(self) -> SmallSDSizes:
+        """The :class:`SmallSDSizes` of the model to train."""
+        return SmallSDSizes(**self.sizes)
+
+
+@dataclass
+class TrainingSet:
+    """Training rows in memory at the model's resolution.
+
+    ``images`` uint8 (N,3,S,S); ``masks`` bool (N,S,S) (all False where ``has_mask`` is False);
+    ``labels`` int64 (N,); ``weights`` float64 (N,) sampling weights summing to 1.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    has_mask: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+    class_names: list[str]
+    group_counts: dict[str, int]
+
+
+def sampling_weights(labels: np.ndarray, groups: np.ndarray, balance: str) -> np.ndarray:
+    """Per-row sampling probabilities: equal total weight per group, per class, or uniform.
+
+    ``balance="group"`` falls back to classes when any row has no group label.
+    """
+    n = len(labels)
+    if balance == "none" or n == 0:
+        return np.full(n, 1.0 / max(n, 1))
+    keys = groups if balance == "group" and not (groups == UNKNOWN).any() else labels
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[inverse]
+    return weights / weights.sum()
+
+
+def load_training_set(records: RecordSet, image_size: int, balance: str = "group",
+                      progress: bool = True) -> TrainingSet:
+    """Read the ``train`` split's images and object masks, resized to ``image_size``.
+
+    Rows without a mask still train (with random masks only). An unreadable image or mask is a
+    :class:`DataError` naming the file: the generator is trained once, on a dataset we control.
+    """
+    frame = records.split("train")
+    if frame.empty:
+        raise DataError(f"{records.name}: the train split is empty; expected training images")
+    images, masks, has_mask = [], [], []
+    for row in tqdm(frame.itertuples(index=False), total=len(frame), desc="read train", disable=not progress):
+        image = read_image(row.path)
+        images.append(to_model_input([image], image_size)[0].mul(255).round().to(torch.uint8))
+        if row.mask is None:
+            masks.append(torch.zeros(image_size, image_size, dtype=torch.bool))
+            has_mask.append(False)
+        else:
+            m = read_mask(row.mask)
+            if m.shape != image.shape[:2]:
+                raise DataError(f"mask {row.mask} is {m.shape[1]}x{m.shape[0]} but its image is "
+                                f"{image.shape[1]}x{image.shape[0]}; expected the same size")
+            masks.append(mask_to_model(m, image_size) >= 0.5)
+            has_mask.append(bool(m.any()))
+    labels = frame["label"].to_numpy(np.int64)
+    groups = frame["group"].to_numpy(np.int64)
+    counts = {records.group_name(int(g)) if g != UNKNOWN else records.class_names[int(lab)]: 0
+              for g, lab in zip(groups, labels, strict=True)}
+    for g, lab in zip(groups, labels, strict=True):
+        counts[records.group_name(int(g)) if g != UNKNOWN else records.class_names[int(lab)]] += 1
+    return TrainingSet(
+        images=torch.stack(images), masks=torch.stack(masks), has_mask=np.asarray(has_mask),
+        labels=labels, weights=sampling_weights(labels, groups, balance),
+        class_names=list(records.class_names), group_counts=counts,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks and prompts.
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
+def _random_shapes(rng: np.random.Generator, size: int) -> np.ndarray:
+    """1-3 random axis-aligned rectangles or ellipses, each 1/8 to 5/8 of the side."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = np.zeros((size, size), dtype=bool)
+    for _ in range(int(rng.integers(1, 4))):
+        h, w = rng.integers(size // 8, 5 * size // 8 + 1, size=2)
+        cy, cx = rng.uniform(0, size, size=2)
+        if rng.random() < 0.5:
+            out |= (np.abs(yy + 0.5 - cy) <= h / 2) & (np.abs(xx + 0.5 - cx) <= w / 2)
+        else:
+            out |= ((yy + 0.5 - cy) / (h / 2)) ** 2 + ((xx + 0.5 - cx) / (w / 2)) ** 2 <= 1.0
+    return out
+
+
+def training_mask(object_mask: np.ndarray, has_mask: bool, rng: np.random.Generator,
+                  spec: InpainterSpec) -> np.ndarray:
+    """One training mask (bool SxS): dilated object mask, object box, or random shapes."""
+    u = rng.random()
+    size = object_mask.shape[0]
+    if has_mask and u < spec.object_mask_prob:
+        return dilate_mask(object_mask, int(rng.integers(0, spec.max_dilate + 1))).astype(bool)
+    if has_mask and u < spec.object_mask_prob + spec.box_mask_prob:
+        top, bottom, left, right = _bbox(object_mask)
+        grow = rng.integers(0, spec.max_dilate + 1, size=4)
+        out = np.zeros_like(object_mask, dtype=bool)
+        out[max(top - grow[0], 0):min(bottom + grow[1], size - 1) + 1,
+            max(left - grow[2], 0):min(right + grow[3], size - 1) + 1] = True
+        return out
+    return _random_shapes(rng, size)
+
+
+def _filler_words(tokenizer: Any) -> list[str]:
+    """Plain lowercase whole words of the CLIP vocabulary (fillers for the ``{token}`` slot)."""
+    words = [t[:-4] for t in tokenizer.get_vocab() if t.endswith("</w>") and t[:-4].isalpha()
+             and t[:-4].isascii() and len(t) >= 7]
+    return sorted(words)
+
+
+def training_prompt(class_name: str, rng: np.random.Generator, fillers: list[str],
+                    spec: InpainterSpec) -> str:
+    """A prompt naming ``class_name`` (or ``""`` for classifier-free guidance)."""
+    if rng.random() < spec.prompt_dropout:
+        return ""
+    template = INVERT_TEMPLATES[int(rng.integers(len(INVERT_TEMPLATES)))]
+    token = fillers[int(rng.integers(len(fillers)))] if rng.random() < spec.token_word_prob else ""
+    return fill_prompt(template, token, class_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+
+def _to_signed(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 (N,3,S,S) -> float in [-1, 1] (the pipeline's image normalisation)."""
+    return images_u8.float().div(127.5).sub(1.0)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10 %."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _EMA:
+    """Exponential moving average of parameters, with the usual (1+t)/(10+t) warm-up."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float) -> None:
+        self.params = params
+        self.shadow = [p.detach().clone() for p in params]
+        self.decay = decay
+        self.step = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.step += 1
+        d = min(self.decay, (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        for p, s in zip(self.params, self.shadow, strict=True):
+            p.copy_(s)
+
+
+def _sampler(weights: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    while True:
+        yield rng.choice(len(weights), size=batch_size, p=weights)
+
+
+def train_vae(vae: torch.nn.Module, data: TrainingSet, spec: InpainterSpec, rng: np.random.Generator,
+              gen: torch.Generator, progress: bool = True) -> list[float]:
+    """Phase 1: L1 reconstruction + ``kl_weight`` KL on random crops; returns per-step losses.
+
+    Crops are centred on the object half of the time (its pixels matter most downstream).
+    """
+    size = data.images.shape[-1]
+    crop = min(spec.vae_crop, size)
+    opt = torch.optim.AdamW(vae.parameters(), lr=spec.vae_lr, weight_decay=0.0)
+    batches = _sampler(data.weights, spec.vae_batch_size, rng)
+    losses = []
+    vae.train()
+    bar = tqdm(range(spec.vae_steps), desc="VAE", disable=not progress)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = spec.vae_lr * _lr_factor(step, spec.vae_steps, spec.warmup_steps)
+        idx = next(batches)
+        crops = []
+        for i in idx:
+            if data.has_mask[i] and rng.random() < 0.5:
+                top, bottom, left, right = _bbox(data.masks[i].numpy())
+                cy = (top + bottom) // 2 + int(rng.integers(-crop // 4, crop // 4 + 1))
+                cx = (left + right) // 2 + int(rng.integers(-crop // 4, crop // 4 + 1))
+                y0, x0 = np.clip([cy - crop // 2, cx - crop // 2], 0, size - crop)
+            else:
+                y0, x0 = rng.integers(0, size - crop + 1, size=2)
+            patch = data.images[i, :, y0:y0 + crop, x0:x0 + crop]
+            crops.append(patch.flip(-1) if rng.random() < 0.5 else patch)
+        x = _to_signed(torch.stack(crops))
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        loss = (recon - x).abs().mean() + spec.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), spec.grad_clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def encode_all(vae: torch.nn.Module, images_u8: torch.Tensor,
+               batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image (rows 0..N-1) and of its mirror image (rows N..2N-1)."""
+    means, stds = [], []
+    for flip in (False, True):
+        for start in range(0, len(images_u8), batch):
+            x = _to_signed(images_u8[start:start + batch])
+            dist = vae.encode(x.flip(-1) if flip else x).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def latent_scaling_factor(means: torch.Tensor, stds: torch.Tensor, gen: torch.Generator) -> float:
+    """1 / std of sampled training latents (SD's recipe for ``vae.config.scaling_factor``)."""
+    sample = means + stds * torch.randn(means.shape, generator=gen)
+    return float(1.0 / sample.flatten().std())
+
+
+def train_denoiser(pipe: StableDiffusionInpaintPipeline, data: TrainingSet, spec: InpainterSpec,
+                   rng: np.random.Generator, gen: torch.Generator,
+                   posterior: tuple[torch.Tensor, torch.Tensor], progress: bool = True) -> list[float]:
+    """Phase 2: SD inpainting noise-prediction training of UNet + text encoder; returns per-step losses.
+
+    ``posterior`` = :func:`encode_all` of ``data.images`` with the trained VAE. Leaves the EMA
+    weights in ``pipe.unet`` and ``pipe.text_encoder``.
+    """
+    vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
+    sf = float(vae.config.scaling_factor)
+    noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)  # same betas as the sampler
+    means, stds = posterior
+    n = len(data.images)
+    fillers = _filler_words(tokenizer)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=1e-2)
+    ema = _EMA(params, spec.ema_decay)
+    batches = _sampler(data.weights, spec.batch_size, rng)
+    latent_side = data.images.shape[-1] // pipe.vae_scale_factor
+    losses = []
+    unet.train()
+    text_encoder.train()
+    bar = tqdm(range(spec.unet_steps), desc="UNet", disable=not progress)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = spec.lr * _lr_factor(step, spec.unet_steps, spec.warmup_steps)
+        idx = next(batches)
+        flip = rng.random(len(idx)) < 0.5
+        images = torch.stack([data.images[i].flip(-1) if f else data.images[i]
+                              for i, f in zip(idx, flip, strict=True)])
+        masks = np.stack([training_mask(data.masks[i].numpy(), bool(data.has_mask[i]), rng, spec)
+                          for i in idx])
+        masks = torch.from_numpy(masks)
+        masks = torch.where(torch.from_numpy(flip)[:, None, None], masks.flip(-1), masks)
+        mask = masks[:, None].float()
+        prompts = [training_prompt(data.class_names[data.labels[i]], rng, fillers, spec) for i in idx]
+        rows = torch.from_numpy(idx + n * flip)
+        with torch.no_grad():
+            latents = (means[rows] + stds[rows] * torch.randn(means[rows].shape, generator=gen)) * sf
+            # As StableDiffusionInpaintPipeline: masked pixels -> 0 in [-1, 1], nearest-downsampled mask.
+            masked = _to_signed(images) * (mask < 0.5)
+            masked_latents = vae.encode(masked).latent_dist.sample(generator=gen) * sf
+            mask_latent = F.interpolate(mask, size=(latent_side, latent_side))
+            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(idx),), generator=gen)
+        noisy = noise_schedule.add_noise(latents, noise, t)
+        hidden = text_encoder(ids)[0]
+        pred = unet(torch.cat([noisy, mask_latent, masked_latents], dim=1), t, hidden).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+        opt.step()
+        ema.update()
+        losses.append(float(loss.detach()))
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+    ema.copy_to_params()
+    unet.eval()
+    text_encoder.eval()
+    return losses
+
+
+def train_inpainter(records: RecordSet, out_dir: str | Path, spec: InpainterSpec | None = None,
+                    progress: bool = True, overwrite: bool = False) -> Path:
+    """Train the small inpainting pipeline on ``records``' train split and save it to ``out_dir``.
+
+    The folder loads with ``StableDiffusionInpaintPipeline.from_pretrained(out_dir)`` (safetensors
+    weights) and also holds ``raydbb_small_sd.json`` (sizes) and ``raydbb_inpainter.json`` (how it
+    was trained: spec, data, losses, timings). It is built next to ``out_dir`` and moved into place
+    when complete; an existing non-empty ``out_dir`` is a :class:`ConfigError` unless ``overwrite``
+    (then it is replaced only once the new model is complete). Returns ``out_dir``.
+    """
+    spec = spec or InpainterSpec()
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ConfigError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    sizes = spec.model_sizes
+    data = load_training_set(records, sizes.image_size, spec.balance, progress=progress)
+    rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(8,)))
+    gen = torch.Generator().manual_seed(spec.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # our own leftover from an earlier crash in this process id
+    try:
+        tokenizer = build_clip_tokenizer(tmp / "tokenizer")
+        pipe = make_small_inpaint_pipeline(tokenizer, seed=spec.seed, **spec.sizes)
+        t0 = time.perf_counter()
+        vae_losses = train_vae(pipe.vae, data, spec, rng, gen, progress)
+        pipe.vae.requires_grad_(False)
+        posterior = encode_all(pipe.vae, data.images)
+        pipe.vae.register_to_config(scaling_factor=latent_scaling_factor(*posterior, gen))
+        t1 = time.perf_counter()
+        unet_losses = train_denoiser(pipe, data, spec, rng, gen, posterior, progress)
+        t2 = time.perf_counter()
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        sizes_record = {"seed": spec.seed, **dataclasses.asdict(sizes)}
+        (tmp / SIZES_RECORD).write_text(json.dumps(sizes_record, indent=2) + "\n")
+        record = {
+            "spec": dataclasses.asdict(spec),
+            "data": {"name": records.name, "class_names": data.class_names, "train_rows": len(data.labels),
+                     "rows_with_mask": int(data.has_mask.sum()), "group_counts": data.group_counts},
+            "scaling_factor": float(pipe.vae.config.scaling_factor),
+            "vae_loss_start_end": loss_start_end(vae_losses),
+            "unet_loss_start_end": loss_start_end(unet_losses),
+            "seconds": {"vae": round(t1 - t0, 1), "unet": round(t2 - t1, 1)},
+            "torch_threads": torch.get_num_threads(),
+            "versions": {"torch": torch.__version__, "diffusers": _version("diffusers"),
+                         "transformers": _version("transformers"), "python": platform.python_version()},
+        }
+        (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Move the finished folder ``new`` to ``out``; an old ``out`` is deleted only afterwards."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def loss_start_end(losses: list[float]) -> list[float]:
+    """Mean loss over the first and over the last tenth of the steps (at least one step each)."""
+    k = max(1, len(losses) // 10)
+    return [float(np.mean(losses[:k])), float(np.mean(losses[-k:]))]
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
