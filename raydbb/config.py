@@ -248,6 +248,7 @@ class RetrainConfig(Section):
     epochs: int = Field(5, ge=1, description="epochs of (full) retraining; val WGA selects one")
     lr: float = Field(1e-4, gt=0, description="learning rate (optimizer etc. from the train section)")
     fast_epochs: int = Field(20, ge=1, description="fast mode (head on cached features): epochs")
+    fast_lr: float = Field(0.01, gt=0, description="fast mode: head learning rate (raydbb tune searches it)")
 
     @model_validator(mode="after")
     def _per_class_values_in_range(self) -> RetrainConfig:
@@ -279,7 +280,7 @@ class TuneConfig(Section):
     keep_fractions: list[float] = Field([0.25, 0.5, 0.75, 1.0], min_length=1,
                                         description="candidate shares of kept repaints per class")
     lambda_range: tuple[float, float] = Field((1.0, 20.0), description="λ_c, log-uniform")
-    lr_range: tuple[float, float] = Field((1e-4, 1e-1), description="head lr, log-uniform")
+    lr_range: tuple[float, float] = Field((1e-4, 1e-1), description="retrain.fast_lr, log-uniform")
     seed: int | None = Field(None, description="search seed; None = the run seed")
     full_retrain: bool = Field(False, description="retrain the best configuration in full afterwards")
 

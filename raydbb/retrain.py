@@ -306,11 +306,15 @@ def _finish(cfg: RaydbbConfig, inputs: RetrainInputs, out_dir: Path, metrics: di
 
 def _meta(inputs: RetrainInputs, mode: str) -> dict[str, Any]:
     c = inputs.choice
-    return {"method": "ddb", "retrain_mode": mode, "manifest": str(inputs.manifest_dir),
+    meta = {"method": "ddb", "retrain_mode": mode, "manifest": str(inputs.manifest_dir),
             "spurious_names": list(inputs.records.spurious_names), "dataset": inputs.records.name,
             "repaints": repaint_counts(inputs.repaint_rows()["target_label"], inputs.class_names),
             "lambdas": inputs.lambdas.tolist(), "keep_fraction": list(c.keep_fraction),
-            "prune_from": c.prune_from, "delta": c.delta, "prob_rule": c.prob_rule}
+            "prune_from": c.prune_from}
+    if c.prune_from == "config":  # thresholds only mean something when they were applied
+        # -inf (IG rule off) as a string: classifier.json stays standard JSON
+        meta.update(delta=c.delta if math.isfinite(c.delta) else str(c.delta), prob_rule=c.prob_rule)
+    return meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,7 +448,7 @@ class HeadParams:
     def from_config(cls, cfg: RaydbbConfig, class_names: Sequence[str]) -> HeadParams:
         lambdas = per_class_values(cfg.retrain.lambdas, class_names, "retrain.lambdas")
         choice = RepaintChoice.from_config(cfg, class_names)
-        return cls(choice, tuple(lambdas.tolist()), float(cfg.retrain.lr))
+        return cls(choice, tuple(lambdas.tolist()), float(cfg.retrain.fast_lr))
 
 
 @dataclass

@@ -14,7 +14,8 @@ The search space, per run:
 * probability rule on/off (``tune.prob_rule``);
 * per class c, the share of its kept repaints used, highest IG score first
   (``tune.keep_fractions``; stands in for the selection fraction α without regenerating);
-* per class c, λ_c log-uniform in ``tune.lambda_range``; the head lr log-uniform in ``tune.lr_range``.
+* per class c, λ_c log-uniform in ``tune.lambda_range``; the head lr (``retrain.fast_lr``) log-uniform
+  in ``tune.lr_range``.
 
 The objective is the validation worst-group accuracy of the epoch the trial would select (the
 best so far), i.e. exactly what ``raydbb retrain --fast`` with the winning config reproduces.
@@ -70,7 +71,10 @@ def search_space(cfg: RaydbbConfig, cache: FeatureCache) -> dict[str, Any]:
 
     t = cfg.tune
     return {
-        "delta": tune.choice(delta_candidates(cfg, cache.candidates["ig_score"].to_numpy())),
+        # -inf travels as the string "-inf" (float() reads it back): Tune's TensorBoard logger
+        # rejects infinite hyper-parameter values.
+        "delta": tune.choice([d if math.isfinite(d) else str(d)
+                              for d in delta_candidates(cfg, cache.candidates["ig_score"].to_numpy())]),
         "prob_rule": tune.choice(list(t.prob_rule)),
         "lr": log_range(*t.lr_range),
         "keep_fraction": {c: tune.choice(list(t.keep_fractions)) for c in cache.class_names},
@@ -102,7 +106,8 @@ def best_config(cfg: RaydbbConfig, trial_config: dict[str, Any], class_names: li
                 epochs: int) -> RaydbbConfig:
     """``cfg`` with a trial's choices written into the prune/retrain fields ``raydbb retrain`` reads.
 
-    ``retrain.prune_from=config`` (the thresholds are re-applied to the manifest) and
+    ``retrain.prune_from=config`` (the thresholds are re-applied to the manifest), the head lr
+    in ``retrain.fast_lr`` (``retrain.lr`` of full retraining is left alone) and
     ``retrain.fast_epochs`` = the epochs the trial ran, so ``raydbb retrain --fast`` reproduces it.
     """
     params = params_from_trial(trial_config, class_names)
@@ -112,7 +117,7 @@ def best_config(cfg: RaydbbConfig, trial_config: dict[str, Any], class_names: li
     best.retrain.prune_from = "config"
     best.retrain.keep_fraction = dict(zip(class_names, params.choice.keep_fraction, strict=True))
     best.retrain.lambdas = dict(zip(class_names, params.lambdas, strict=True))
-    best.retrain.lr = params.lr
+    best.retrain.fast_lr = params.lr
     best.retrain.fast_epochs = epochs
     return best
 
@@ -128,7 +133,7 @@ def trials_table(results: list[Any], class_names: list[str], max_epochs: int) ->
             "status": "ERROR" if res.error else "TERMINATED",
             OBJECTIVE: m.get(OBJECTIVE, math.nan), "selected_epoch": m.get("selected_epoch", 0),
             "epochs": epochs, "stopped_early": bool(not res.error and epochs < max_epochs),
-            "delta": c.get("delta"), "prob_rule": c.get("prob_rule"), "lr": c.get("lr"),
+            "delta": float(c.get("delta", math.nan)), "prob_rule": c.get("prob_rule"), "lr": c.get("lr"),
         }
         for name in class_names:
             row[f"keep_fraction_{name}"] = c.get("keep_fraction", {}).get(name)

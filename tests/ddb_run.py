@@ -68,7 +68,7 @@ def _train_erm(data: Path, out: Path) -> None:
                         shuffle=True, generator=torch.Generator().manual_seed(SEED))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for _ in range(4):
+    for _ in range(2):
         for images, labels, _, _ in loader:
             loss = torch.nn.functional.cross_entropy(model(images), labels)
             optimizer.zero_grad()

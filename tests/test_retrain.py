@@ -135,18 +135,18 @@ def test_delta_on_the_manifest_equals_pruning_at_generation_time(tmp_path_factor
     run = build_tiny_run(tmp_path_factory.getbasetemp())
     cand = candidate_repaints(read_manifest(run.out))
     assert len(cand) == 48 and cand["kept"].all()
-    ig = np.sort(cand["ig_score"].to_numpy())
-    for delta, prob_rule in ((float(ig[len(ig) // 2]), False), (float(ig[len(ig) // 4]), True)):
-        out = tmp_path / f"gen-{delta}-{prob_rule}"
-        oracle_generate(run, out, delta, prob_rule)
-        generated = read_manifest(out)
-        kept_then = set(generated["sample_id"][generated["kept"]])
-        chosen = select_repaints(cand, RepaintChoice("config", delta, prob_rule, (1.0, 1.0)))
-        assert set(cand["sample_id"][chosen]) == kept_then
-        # Both rules really fired: the IG rule splits the set; the ERM still sees the source class
-        # in these perfect repaints of its most confident images, so the probability rule drops some.
-        reasons = set(generated["prune_reason"])
-        assert ("prob" in reasons) if prob_rule else (0 < len(kept_then) < len(cand) and "ig" in reasons)
+    delta = float(np.median(cand["ig_score"]))
+    out = tmp_path / "gen"
+    oracle_generate(run, out, delta, prob_rule=False)
+    generated = read_manifest(out)
+    kept_then = set(generated["sample_id"][generated["kept"]])
+    assert 0 < len(kept_then) < len(cand) and set(generated["prune_reason"]) == {"kept", "ig"}
+    chosen = select_repaints(cand, RepaintChoice("config", delta, False, (1.0, 1.0)))
+    assert set(cand["sample_id"][chosen]) == kept_then
+    # The probability rule re-applied to the stored p_source/τ: the ERM still sees the source class in
+    # these perfect repaints of its most confident images, so it drops every one of them.
+    assert not select_repaints(cand, RepaintChoice("config", -math.inf, True, (1.0, 1.0))).any()
+    assert (cand["p_source"] >= cand["tau"]).all()
 
 
 # ---------------------------------------------------------------- `raydbb retrain` end to end
@@ -155,8 +155,10 @@ def test_retrain_cli_improves_or_holds_val_wga_and_evaluate_reads_it(ray_local, 
                                                                     capsys):
     run = build_tiny_run(tmp_path_factory.getbasetemp())
     out = tmp_path / "run"
+    # train.num_workers=0: Ray Train's local mode (no worker process to start); the loss's trip to a
+    # worker is the pickling test above, the worker path itself is test_erm's.
     args = ["retrain", "--manifest", str(run.out), "--no-progress", *base_overrides(run, out),
-            "retrain.epochs=12", "retrain.lr=0.001", "retrain.lambdas=1"]
+            "retrain.epochs=6", "retrain.lr=0.001", "retrain.lambdas=1", "train.num_workers=0"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "val ERM acc %" in printed and "val DDB acc %" in printed and "waterbird/land" in printed
@@ -170,7 +172,7 @@ def test_retrain_cli_improves_or_holds_val_wga_and_evaluate_reads_it(ray_local, 
     assert metrics["run"]["repaints"] == {"landbird": 12, "waterbird": 36}
     assert metrics["run"]["lambdas"] == {"landbird": 1.0, "waterbird": 1.0}
     history = metrics["run"]["history"]
-    assert len(history) == 12 and all(np.isfinite(h["train_loss"]) for h in history)
+    assert len(history) == 6 and all(np.isfinite(h["train_loss"]) for h in history)
     best = max(h["val_worst_group_accuracy"] for h in history)
     assert metrics["val"]["worst_group_accuracy"] == best
 

@@ -34,6 +34,7 @@ def test_best_config_round_trips_through_yaml_exactly(tmp_path):
     loaded = load_config(tmp_path / BEST_FILE)
     assert loaded == best
     assert loaded.retrain.prune_from == "config" and loaded.retrain.fast_epochs == 7
+    assert loaded.retrain.fast_lr == 0.0031415926535897933 and loaded.retrain.lr == cfg.retrain.lr
     assert loaded.retrain.lambdas == {"landbird": 7.123456789012345, "waterbird": 1.5}
     assert HeadParams.from_config(loaded, CLASSES) == params_from_trial(trial, CLASSES)  # bit-exact floats
 

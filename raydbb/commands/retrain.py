@@ -27,8 +27,9 @@ Options:
   retrain.lambdas=6 or retrain.lambdas="{landbird: 6, waterbird: 8}"   (every class, by name)
   retrain.last_layer_only=true      train the linear head only (backbone frozen)
   --fast                            head only, on cached backbone features (no augmentation;
-                                    retrain.fast_epochs epochs; seconds) — reproduces the score of
-                                    a raydbb tune trial with the same config and seed
+                                    retrain.fast_epochs epochs at retrain.fast_lr; seconds) —
+                                    reproduces the score of a raydbb tune trial with the same
+                                    config and seed
 
 Writes OUT/ddb/: model.safetensors + classifier.json (the selected model), metrics.json (val,
 test: the layout of raydbb evaluate, plus the start model's numbers under run.start_metrics),

@@ -15,7 +15,8 @@ Search the retraining choices of DDB with Ray Tune, without regenerating anythin
   keep fraction  per class, the share of its kept repaints used, highest IG score first
                  (tune.keep_fractions; stands in for the selection fraction alpha)
   lambda_c       per class, log-uniform in tune.lambda_range
-  lr             log-uniform in tune.lr_range
+  lr             the head learning rate of fast mode (retrain.fast_lr), log-uniform in
+                 tune.lr_range (full retraining keeps retrain.lr)
 
 Fast mode: the start model's backbone features are computed once for originals, repaints and
 validation images and put in Ray's object store; each trial trains only the linear head on them
