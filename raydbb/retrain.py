@@ -482,7 +482,8 @@ def fit_head(cache: FeatureCache, params: HeadParams, train: TrainConfig, epochs
     Deterministic for a given cache, ``params`` and ``train.seed`` (batch order from a seeded
     generator, one torch thread). ``train`` gives batch size, optimizer and weight decay; the
     lr comes from ``params``. ``report(row)`` is called after every epoch with the epoch's and
-    the selected epoch's validation numbers (Ray Tune's per-epoch report for ASHA).
+    the selected epoch's validation numbers and the repaint counts (``repaints_<class>``; Ray
+    Tune's per-epoch report for ASHA).
     """
     from raydbb.training.erm import _optimizer, _selection_key
     from raydbb.training.metrics import count_correct, metrics_from_counts
@@ -493,6 +494,7 @@ def fit_head(cache: FeatureCache, params: HeadParams, train: TrainConfig, epochs
     y = torch.from_numpy(np.concatenate([cache.train_y, rep_y]))
     loss_fn = RepaintWeightedLoss(np.r_[np.zeros(len(cache.train_y), bool), np.ones(len(rep_y), bool)],
                                   params.lambdas)
+    counts = repaint_counts(rep_y, cache.class_names)
     val_x = torch.from_numpy(cache.val_x.astype(np.float32))
     num_groups = len(cache.group_names)
     with _torch_threads(1):
@@ -527,12 +529,12 @@ def fit_head(cache: FeatureCache, params: HeadParams, train: TrainConfig, epochs
             row = {"epoch": epoch, "train_loss": total / max(len(y), 1),
                    "val_worst_group_accuracy": val["worst_group_accuracy"],
                    "val_average_accuracy": val["average_accuracy"],
-                   "objective": best[0][0], "selected_epoch": best[1]}
+                   "objective": best[0][0], "selected_epoch": best[1],
+                   **{f"repaints_{name}": n for name, n in counts.items()}}
             history.append(row)
             if report is not None:
                 report(row)
     key, best_epoch, best_val, weight, bias = best
-    counts = repaint_counts(rep_y, cache.class_names)
     return HeadFit(weight, bias, best_epoch, best_val, key[0], counts, history)
 
 

@@ -42,8 +42,6 @@ from raydbb.retrain import (
     describe_inputs,
     fit_head,
     load_inputs,
-    repaint_counts,
-    select_repaints,
 )
 
 TUNE_DIR = "tune"
@@ -93,13 +91,7 @@ def _trial(config: dict[str, Any], cache: FeatureCache, train: TrainConfig, epoc
     """One Ray Tune trial: fit the head, report after every epoch (ASHA decides on these)."""
     from ray import tune
 
-    def report(row: dict[str, Any]) -> None:
-        tune.report({**row, **{f"repaints_{c}": n for c, n in repaints.items()}})
-
-    params = params_from_trial(config, cache.class_names)
-    chosen = select_repaints(cache.candidates, params.choice)
-    repaints = repaint_counts(cache.candidates["target_label"].to_numpy()[chosen], cache.class_names)
-    fit_head(cache, params, train, epochs, report=report)
+    fit_head(cache, params_from_trial(config, cache.class_names), train, epochs, report=tune.report)
 
 
 def best_config(cfg: RaydbbConfig, trial_config: dict[str, Any], class_names: list[str],

@@ -1,11 +1,11 @@
 """Ray job entrypoints: ``python -m raydbb.jobs.<step> --config FILE [section.field=value ...]``.
 
-One module per pipeline step (``synth``, ``train_erm``, ``invert``, ``generate``, ``evaluate``)
-and ``pipeline`` for all of them in order. Each is a thin wrapper: parse the arguments, load the
-config, call :func:`raydbb.workflow.run_steps` — so a job writes the same step markers as a local
-run, and resubmitting a finished job skips what is done. They run the same on a laptop, as the
-entrypoint of ``ray job submit`` / ``raydbb submit``, and as a KubeRay ``RayJob`` entrypoint;
-inside a Ray job ``RAY_ADDRESS`` points the driver at the cluster.
+One module per pipeline step (``synth``, ``train_erm``, ``invert``, ``generate``, ``retrain``,
+``evaluate``) and ``pipeline`` for all of them in order. Each is a thin wrapper: parse the
+arguments, load the config, call :func:`raydbb.workflow.run_steps` — so a job writes the same step
+markers as a local run, and resubmitting a finished job skips what is done. They run the same on a
+laptop, as the entrypoint of ``ray job submit`` / ``raydbb submit``, and as a KubeRay ``RayJob``
+entrypoint; inside a Ray job ``RAY_ADDRESS`` points the driver at the cluster.
 """
 
 from __future__ import annotations
