@@ -21,7 +21,8 @@ $(STAMP):
 	@touch $(STAMP)
 
 venv: $(STAMP)
-	@$(PY) -m pip install -q --no-deps -e . >/dev/null
+	@# Re-point the editable install at this checkout (the venv is shared between clones).
+	@$(PY) -m pip install -q --no-deps -e . >$(VENV)/last-install.log 2>&1 || { cat $(VENV)/last-install.log; exit 1; }
 
 demo: venv
 	$(VENV)/bin/raydbb demo --out $(OUT)
