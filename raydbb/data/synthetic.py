@@ -45,7 +45,7 @@ DEFAULT_N_TRAIN = 3000
 DEFAULT_N_VAL = 600
 DEFAULT_N_TEST = 1200
 PARAMS_FILE = "synthetic.json"
-GENERATOR_VERSION = 3  # bump when the drawing changes, so old folders are not mistaken for new ones
+GENERATOR_VERSION = 4  # bump when the drawing changes, so old folders are not mistaken for new ones
 _MIN_SIZE = 32
 
 
@@ -174,10 +174,10 @@ Layers = list[tuple[np.ndarray, np.ndarray]]  # (bool region, RGB colour) painte
 
 
 # Plumage schemes shared by both classes, with class-dependent odds: colour alone predicts the class
-# 87.5 % of the time (balanced), so a classifier must use the shape to be right on every group —
+# 93 % of the time (balanced), so a classifier must use the shape to be right on every group —
 # harder to learn than the background, which is what makes ERM lean on the background.
 _SCHEMES = ("warm", "brown", "white", "grey", "dark")
-_SCHEME_ODDS = {0: (0.65, 0.2, 0.05, 0.05, 0.05), 1: (0.05, 0.05, 0.35, 0.3, 0.25)}
+_SCHEME_ODDS = {0: (0.82, 0.1, 0.02, 0.04, 0.02), 1: (0.02, 0.04, 0.36, 0.3, 0.28)}
 
 
 def _plumage(rng: np.random.Generator, scheme: str) -> np.ndarray:
