@@ -18,6 +18,11 @@ from raydbb.errors import RaydbbError
 SYNTHETIC_INPAINTER = "synthetic_inpainter"
 
 
+def synthetic_inpainter_available() -> bool:
+    """Whether this build ships the trained synthetic inpainter."""
+    return (Path(__file__).resolve().parent / SYNTHETIC_INPAINTER / "model_index.json").is_file()
+
+
 def synthetic_inpainter_path() -> Path:
     """Folder of the shipped synthetic-benchmark inpainting pipeline (a ``from_pretrained`` path)."""
     path = Path(__file__).resolve().parent / SYNTHETIC_INPAINTER
