@@ -1,0 +1,223 @@
+"""Engine vs plain loop: the whole ``raydbb generate`` work through Ray Data actor pools vs a
+sequential Python loop over the same stage objects, inputs and tiny models.
+
+Both passes of ``raydbb generate`` are timed with each engine:
+
+- **select** — load → score over every training image (the per-sample losses that majority
+  selection and τ are computed from);
+- **generate** — load → mask (tiny GroundingDINO + SAM) → expand → inpaint (small SD-2-shaped
+  pipeline) → prune (probabilities + 16-step IG of the demo classifier) → write (PNGs + manifest),
+  over the selected sources.
+
+The loop is :func:`raydbb.engine.adapter.run_loop` in this process, once with torch's default
+threads (the plain loop a user would write) and once with one torch thread (what each engine actor
+gets; on a busy machine OpenMP threads waiting for each other can make the default much slower);
+the engine is :func:`raydbb.engine.adapter.build_dataset`. Each is measured by a small probe run
+and a full run (:class:`benchmarks.common.SteadyState`): start-up (actor creation and
+model loading in the engine, ``setup()`` in the loop) is separated from the steady state without
+relying on when the engine hands batches back. Runs are interleaved (loop, ray, loop-1t, loop-1t,
+ray, loop, ...) so that drifting load on a shared machine hits every variant alike.
+
+    python -m benchmarks.engine_vs_loop [--sources N] [--repeats 1] [--profile cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (
+    CPU_PROFILE,
+    INPAINT_STEPS,
+    PROFILES,
+    SOURCES,
+    Fixtures,
+    Profile,
+    Sampler,
+    SteadyState,
+    bench_config,
+    bench_dir,
+    build_fixtures,
+    generation_rows,
+    load_average,
+    local_ray,
+    machine_info,
+    markdown_table,
+    measure_steady,
+    pipeline_stages,
+    section_header,
+    times,
+    update_results,
+)
+
+COMMAND = "python -m benchmarks.engine_vs_loop"
+PASSES = ("select", "generate")
+# Variant -> (engine for raydbb.engine.pipeline.execute, torch threads in this process or None).
+VARIANTS = {"loop": ("loop", None), "ray": ("ray", None), "loop-1t": ("loop", 1)}
+LABELS = {"loop": "loop (torch default threads)", "ray": "engine (Ray Data actor pools)",
+          "loop-1t": "loop (1 torch thread)"}
+
+
+def interleaved(variants: tuple[str, ...], repeats: int) -> list[str]:
+    """``loop, ray, loop-1t, loop-1t, ray, loop, ...``: balanced against drifting load."""
+    order: list[str] = []
+    for r in range(repeats):
+        order += list(variants) if r % 2 == 0 else list(reversed(variants))
+    return order
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads in this process (``None``: leave as is)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def combine(runs: list[SteadyState]) -> dict[str, Any]:
+    """Pool repeated measurements: extra rows and extra seconds are summed before dividing."""
+    extra_rows = sum(r.full.rows - r.probe.rows for r in runs)
+    extra_s = sum(r.full.wall_s - r.probe.wall_s for r in runs)
+    steady = extra_rows / extra_s if extra_s > 0 else float("nan")
+    return {
+        "rows": runs[0].full.rows,
+        "probe_rows": runs[0].probe.rows,
+        "startup_s": float(np.mean([r.probe.wall_s - r.probe.rows / steady for r in runs])),
+        "steady_rate": steady,
+        "total_rate": sum(r.full.rows for r in runs) / sum(r.full.wall_s for r in runs),
+        "busy_ms": {k: float(np.mean([r.full.busy_ms_per_row(k) for r in runs]))
+                    for k in runs[-1].full.stage_busy_s},
+    }
+
+
+def measure(fx: Fixtures, *, n_sources: int = SOURCES, repeats: int = 1, profile: Profile = CPU_PROFILE,
+            inpaint_steps: int = INPAINT_STEPS, work: Path | None = None,
+            variants: tuple[str, ...] = tuple(VARIANTS), passes: tuple[str, ...] = PASSES) -> dict[str, Any]:
+    """Time ``passes`` with every variant (Ray must be initialised); returns runs and ratios.
+
+    ``variants`` must include ``ray`` and ``loop``; ``passes`` must include ``generate``.
+    """
+    if not {"ray", "loop"} <= set(variants) or "generate" not in passes:
+        raise ValueError(f"variants {variants} / passes {passes}: need ray and loop, and generate")
+    from raydbb.data.registry import load_records
+    from raydbb.engine.manifest import read_manifest
+    from raydbb.engine.pipeline import source_rows
+    from raydbb.engine.stages.load import LoadStage
+    from raydbb.engine.stages.score import ScoreStage
+
+    work = Path(work or bench_dir() / "engine_vs_loop")
+    cfg = bench_config(fx, work / "select", profile, inpaint_steps=inpaint_steps)
+    rows = generation_rows(cfg, fx).iloc[:n_sources].reset_index(drop=True)
+    train = source_rows(load_records(cfg.data).split("train"))
+    runs: dict[str, dict[str, list[SteadyState]]] = {p: {v: [] for v in variants} for p in passes}
+    for variant in interleaved(variants, repeats):
+        engine, threads = VARIANTS[variant]
+        with torch_threads(threads):
+            if "select" in passes:  # the stages score_training_set runs
+                runs["select"][variant].append(measure_steady(
+                    lambda: [LoadStage(cfg.generate.io), ScoreStage(fx.classifier, cfg.select.resources)],
+                    train, engine, work / f"select-{variant}", manifest=False))
+            runs["generate"][variant].append(measure_steady(
+                lambda: pipeline_stages(cfg, fx), rows, engine, work / f"generate-{variant}"))
+
+    # Same stages, same inputs: every variant must reach the same decisions (last full runs).
+    manifests = {v: read_manifest(work / f"generate-{v}" / "full", resolve_paths=False)
+                 .set_index("sample_id")["prune_reason"] for v in variants}
+    same = np.mean([(manifests[v].reindex(manifests["ray"].index) == manifests["ray"]).mean()
+                    for v in variants if v != "ray"])
+    result: dict[str, Any] = {"n_sources": len(rows), "n_train": len(train), "repeats": repeats,
+                              "profile": profile.name, "inpaint_steps": inpaint_steps, "variants": variants,
+                              "decisions_agree": float(same), "runs": runs, "passes": {}}
+    loops = [v for v in variants if v != "ray"]
+    for p in passes:
+        stats: dict[str, Any] = {v: combine(runs[p][v]) for v in variants}
+        for loop in loops:
+            stats[f"ratio_steady_{loop}"] = stats["ray"]["steady_rate"] / stats[loop]["steady_rate"]
+            stats[f"ratio_total_{loop}"] = stats["ray"]["total_rate"] / stats[loop]["total_rate"]
+        result["passes"][p] = stats
+    if "select" in passes:
+        # The whole job per generated sample: the select pass is shared by the run's samples.
+        gen, sel = result["passes"]["generate"], result["passes"]["select"]
+        job = {v: 1 / (1 / gen[v]["steady_rate"] + len(train) / sel[v]["steady_rate"] / len(rows))
+               for v in variants}
+        result["job_steady_rate"] = job
+        result["ratio_job_steady"] = {loop: job["ray"] / job[loop] for loop in loops}
+    return result
+
+
+def report(result: dict[str, Any], info: dict[str, Any], load: list[float], command: str = COMMAND) -> str:
+    """The RESULTS.md section for one :func:`measure` result."""
+    variants = result["variants"]
+    gen = result["passes"]["generate"]
+    rows = []
+    for p, stats in result["passes"].items():
+        unit = "training images" if p == "select" else "samples"
+        for v in variants:
+            s = stats[v]
+            rows.append({"pass": p, "run": LABELS[v], "rows": f"{int(s['rows'])} {unit}",
+                         "start-up s": f"{s['startup_s']:.1f}", "steady rows/s": f"{s['steady_rate']:.2f}",
+                         "rows/s incl. start-up": f"{s['total_rate']:.2f}"})
+    busy = [{"run": LABELS[v], **{f"{k} ms/row": f"{ms:.1f}" for k, ms in gen[v]["busy_ms"].items()}}
+            for v in variants]
+    lines = [f"- **engine vs loop (generate, steady state): {times(gen['ratio_steady_loop'])}**"]
+    if "loop-1t" in variants:
+        lines.append(f"- engine vs loop with 1 torch thread (generate, steady state): "
+                     f"{times(gen['ratio_steady_loop-1t'])}")
+    for loop in (v for v in variants if v != "ray"):
+        name = "loop" if loop == "loop" else "1-thread loop"
+        if "select" in result["passes"]:
+            lines.append(f"- engine vs {name} (select, steady state): "
+                         f"{times(result['passes']['select'][f'ratio_steady_{loop}'])}; whole job per sample "
+                         f"(select + generate, steady state): {times(result['ratio_job_steady'][loop])}")
+        lines.append(f"- engine vs {name} (generate, {result['n_sources']} samples including start-up): "
+                     f"{times(gen[f'ratio_total_{loop}'])}")
+    lines.append(f"- keep/prune decisions identical to the engine's: {result['decisions_agree'] * 100:.0f} % "
+                 "of samples")
+    return (section_header("1. Engine vs plain loop", command, info, load)
+            + f"\nPipeline: select (load → score, {result['n_train']} training images), then generate "
+            f"(load → mask [tiny GroundingDINO+SAM] → expand → inpaint [small SD, {result['inpaint_steps']} "
+            f"steps] → prune [probabilities + 16-step IG] → write [PNGs + manifest]) on "
+            f"{result['n_sources']} selected sources; profile `{result['profile']}`; {result['repeats']} "
+            "run(s) per variant, interleaved. Loop = `run_loop` over the same stage objects in one "
+            f"process. Start-up = a probe run ({gen['loop']['probe_rows']} sources: one full batch for "
+            "every stage) minus its rows at the steady rate; steady rate = extra rows / extra seconds of "
+            "the full run over the probe. Ray workers run at normal priority (`raydbb.ray_utils.init_ray` "
+            "sets niceness 0, as the loop has).\n\n"
+            + markdown_table(rows) + "\n" + "\n".join(lines) + "\n"
+            "\nBusy time per row of each generate stage (per actor, while busy; rows before expand are "
+            "sources):\n\n" + markdown_table(busy))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sources", type=int, default=SOURCES, help="selected sources to generate from")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per engine (interleaved)")
+    parser.add_argument("--steps", type=int, default=INPAINT_STEPS, help="inpainting steps")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="stage sizing")
+    parser.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: ours)")
+    args = parser.parse_args(argv)
+    profile = PROFILES[args.profile]
+    fx = build_fixtures()
+    with local_ray(profile), Sampler(load_average, 5.0) as load:
+        result = measure(fx, n_sources=args.sources, repeats=args.repeats, profile=profile,
+                         inpaint_steps=args.steps)
+    text = report(result, machine_info(), load.values)
+    print(text)
+    update_results("engine_vs_loop", text, **({"path": args.results} if args.results else {}))
+    return result
+
+
+if __name__ == "__main__":
+    main()

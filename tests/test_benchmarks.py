@@ -1,0 +1,126 @@
+"""Smoke tests: every benchmark's core function at a minimal size, so the benchmarks do not rot.
+
+Speed is not asserted (CI machines differ); the numbers each benchmark derives are checked
+against the runs they came from, and the RESULTS.md writer against hand-made sections.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import engine_vs_loop, ig_cost, memory, scaling, stage_limits
+from benchmarks.common import (
+    SECTIONS,
+    PipelineRun,
+    Profile,
+    SteadyState,
+    build_fixtures,
+    machine_info,
+    times,
+    update_results,
+)
+
+# Tiny everything: 2-row blocks so that a handful of sources gives a probe and a longer full run;
+# dataset masks (no detector to load in the smoke run); one actor per stage on the test Ray's 4 CPUs.
+SMOKE = Profile(
+    name="smoke", device="cpu", ray_num_cpus=None, mask_source="dataset",
+    io={"num_cpus": 0.25, "batch_size": 2},
+    mask={"actors": 1, "num_cpus": 0.5, "batch_size": 2, "model_batch_size": 2},
+    inpaint={"actors": 1, "num_cpus": 0.5, "batch_size": 2, "model_batch_size": 2},
+    prune={"actors": 1, "num_cpus": 0.5, "batch_size": 2, "model_batch_size": 16},
+    select={"actors": 1, "num_cpus": 0.5, "batch_size": 8, "model_batch_size": 8},
+)
+INFO = {"nproc": 2, "cpu": "test cpu", "memory_gib": 1.0, "gpu": "none", "torch": "t", "ray": "r",
+        "date": "2026-01-01 00:00 UTC"}
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory):
+    return build_fixtures(tmp_path_factory.mktemp("benchfx"), n_train=40, image_size=32, sd_sample_size=8)
+
+
+@pytest.fixture(scope="module")
+def evl(ray_local, fx, tmp_path_factory):
+    return engine_vs_loop.measure(fx, n_sources=6, profile=SMOKE, inpaint_steps=1, variants=("loop", "ray"),
+                                  passes=("generate",), work=tmp_path_factory.mktemp("evl"))
+
+
+def test_steady_state_separates_startup() -> None:
+    # 4 rows in 3 s (probe), 20 rows in 7 s: 16 extra rows in 4 extra seconds.
+    st = SteadyState(PipelineRun("ray", rows=4, wall_s=3.0), PipelineRun("ray", rows=20, wall_s=7.0))
+    assert st.steady_rate == pytest.approx(4.0)
+    assert st.startup_s == pytest.approx(2.0)  # the probe's 3 s minus 4 rows at 4 rows/s
+    assert st.total_rate == pytest.approx(20 / 7)
+    assert times(1.6249) == "1.62×"
+
+
+def test_update_results_keeps_other_sections(tmp_path) -> None:
+    path = tmp_path / "RESULTS.md"
+    update_results("memory", "## 5. Memory\nold\n", path)
+    update_results("engine_vs_loop", "## 1. Engine\nfirst\n", path)
+    update_results("memory", "## 5. Memory\nnew\n", path, preamble="# Results\nrun note\n")
+    text = path.read_text()
+    assert text.startswith("# Results\nrun note\n")
+    assert "first" in text and "new" in text and "old" not in text
+    assert text.index("## 1. Engine") < text.index("## 5. Memory")  # SECTIONS order, not call order
+    with pytest.raises(ValueError, match="unknown results section"):
+        update_results("nope", "x", path)
+    assert SECTIONS[0] == "engine_vs_loop"
+
+
+def test_engine_vs_loop_and_stage_limits(evl, fx, tmp_path) -> None:
+    gen = evl["passes"]["generate"]
+    for v in ("loop", "ray"):
+        runs = evl["runs"]["generate"][v]
+        assert gen[v]["rows"] == 6 and gen[v]["probe_rows"] == 2
+        # (NaN when a noisy machine ran the tiny full run faster than its probe)
+        assert gen[v]["steady_rate"] == pytest.approx(runs[0].steady_rate, nan_ok=True)
+    assert gen["ratio_steady_loop"] == pytest.approx(gen["ray"]["steady_rate"] / gen["loop"]["steady_rate"],
+                                                     nan_ok=True)
+    assert evl["decisions_agree"] == 1.0  # same stages, same inputs, same decisions
+    assert "engine vs loop (generate, steady state): " in engine_vs_loop.report(evl, INFO, [1.0])
+
+    engine_run = evl["runs"]["generate"]["ray"][-1]
+    lim = stage_limits.measure(fx, n_sources=6, profile=SMOKE, inpaint_steps=1, engine_run=engine_run,
+                               work=tmp_path / "limits")
+    assert set(lim["isolated"]) == {"mask", "inpaint", "prune"}
+    rates = [v["rate"] for v in lim["isolated"].values()]
+    assert lim["limits"]["slowest_stage"] == pytest.approx(min(rates))  # one actor per stage
+    assert lim["limits"]["cpu"] == pytest.approx(lim["cores"] / sum(1 / r for r in rates))
+    assert lim["fraction"] == pytest.approx(engine_run.steady_rate / lim["limits"]["binding"], nan_ok=True)
+    assert "fraction of the limit reached" in stage_limits.report(lim, INFO, [])
+
+
+def test_scaling_and_memory(ray_local, fx, tmp_path) -> None:
+    sc = scaling.measure(fx, n_sources=4, actor_counts=(1, 2), profile=SMOKE, inpaint_steps=1,
+                         work=tmp_path / "scaling")
+    base = sc["runs"][1]["steady_rate"]
+    for r in sc["runs"].values():  # (NaN when the noisy machine ran a tiny full run faster than its probe)
+        assert r["ratio"] == pytest.approx(r["steady_rate"] / base, nan_ok=True)
+    assert "2 vs 1 actors per stage" in scaling.report(sc, INFO, [])
+
+    mem = memory.measure(fx, n_sources=2, factor=2, profile=SMOKE, inpaint_steps=1, interval=0.2,
+                         work=tmp_path / "memory")
+    runs = mem["runs"]
+    assert [r["rows"] for r in runs.values()] == [2, 4]
+    for r in runs.values():
+        assert r["rss"] >= r["pss"] > 0 and r["processes"] > 1 and r["samples"] >= 2
+    assert mem["ratio_rss"] == pytest.approx(runs[4]["rss"] / runs[2]["rss"])
+    assert "10×" not in memory.report(mem, INFO, []) and "2× vs 1×" in memory.report(mem, INFO, [])
+
+
+def test_ig_cost_matches_captum_and_picks_a_setting(fx) -> None:
+    res = ig_cost.measure(fx, resnet_images=2, pairs=8, resnet_size=32, grid=(2, 8), small_batch=64,
+                          methods=("gausslegendre", "riemann_trapezoid"))
+    for name, r in res["at50"].items():
+        # raydbb's batched IG is captum's IG: equal up to float rounding at the same 50 steps
+        assert r["max_abs_diff"] <= 1e-4 * max(1.0, r["max_abs_score"]), name
+    study = res["study"]
+    assert study["n"] == 16 and len(study["rows"]) == 4
+    ref = ig_cost.agreement(np.array([1.0, -1.0, 0.5]), np.array([2.0, 1.0, -0.1]), delta=0.0)
+    assert ref == pytest.approx(1 / 3)
+    chosen = ig_cost.smallest_setting(study["rows"])
+    if chosen is not None:
+        assert chosen["agree_median"] >= 0.99 and chosen["agree_zero"] >= 0.99
+    assert "IG pruning cost" in ig_cost.report(res, machine_info(), [])
