@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks import engine_vs_loop, ig_cost, memory, scaling, stage_limits
+from benchmarks import engine_vs_loop, ig_cost, memory, scaling, stage_limits, streaming
 from benchmarks.common import (
     SECTIONS,
     PipelineRun,
@@ -108,6 +108,17 @@ def test_scaling_and_memory(ray_local, fx, tmp_path) -> None:
         assert r["rss"] >= r["pss"] > 0 and r["processes"] > 1 and r["samples"] >= 2
     assert mem["ratio_rss"] == pytest.approx(runs[4]["rss"] / runs[2]["rss"])
     assert "10×" not in memory.report(mem, INFO, []) and "2× vs 1×" in memory.report(mem, INFO, [])
+
+
+def test_streaming_runs_generate_at_two_sizes(ray_local, fx, tmp_path) -> None:
+    res = streaming.measure(fx, small=8, large=16, profile=SMOKE, interval=0.2, work=tmp_path, progress=False)
+    runs = res["runs"]
+    # half the training images are selected, two variants each: N samples for N images
+    assert [(r["scored"], r["samples"]) for r in runs.values()] == [(8, 8), (16, 16)]
+    assert res["ratio_pss"] == pytest.approx(runs[16]["pss"] / runs[8]["pss"])
+    assert res["spilled"] == 0.0 and set(runs[8]["stages"]) >= {"mask", "inpaint", "prune"}
+    text = streaming.report(res, INFO, [])
+    assert "16 vs 8 samples" in text and "1.3× bound" in text and "| inpaint |" in text
 
 
 def test_ig_cost_matches_captum_and_picks_a_setting(fx) -> None:
