@@ -34,6 +34,7 @@ from benchmarks.common import (
     Sampler,
     build_fixtures,
     load_average,
+    log,
     machine_info,
     markdown_table,
     section_header,
@@ -106,6 +107,7 @@ def compare_at_50(model: torch.nn.Module, pairs: dict[str, Any], image_size: int
     """captum per image vs raydbb batched, both at 50 Gauss–Legendre steps."""
     from raydbb.engine.ig import path_ig_scores
 
+    log(f"IG at 50 steps: {len(pairs['targets'])} samples, image size {image_size}")
     x, x1, w = model_inputs(pairs, image_size, next(model.parameters()).device.type)
     ours, t_ours = timed(path_ig_scores, model, x, x1, w, pairs["targets"], steps=REFERENCE_STEPS,
                          method="gausslegendre", batch_size=batch_size)
@@ -132,6 +134,7 @@ def step_study(model: torch.nn.Module, pairs: dict[str, Any], image_size: int, b
     deltas = {"median": float(np.median(reference)), "zero": 0.0}
     rows = []
     for method in methods:
+        log(f"IG step study: {method}, steps {grid}, {len(t)} samples")
         for steps in grid:
             scores, secs = timed(path_ig_scores, model, x, x1, w, t, steps=steps, method=method,
                                  batch_size=batch_size)
