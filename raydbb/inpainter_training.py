@@ -91,6 +91,8 @@ class InpainterSpec:
     vae_crop: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
+    vae_object_weight: float = 10.0
+    vae_logvar_init: float = -6.0
     unet_steps: int = 2500
     batch_size: int = 16
     lr: float = 1e-3
@@ -100,10 +102,12 @@ class InpainterSpec:
     prompt_dropout: float = 0.1
     token_word_prob: float = 0.5
     balance: Literal["group", "class", "none"] = "group"
-    # Mask mix (the rest are random rectangles/ellipses): object mask dilated by 0..max_dilate px,
-    # or the object's bounding box grown by 0..max_dilate px.
-    object_mask_prob: float = 0.6
-    box_mask_prob: float = 0.15
+    # Mask mix (the rest are random rectangles/ellipses), each dilated/grown by 0..max_dilate px:
+    # the object's own mask; its union with an other-class object's mask centred on it (so the
+    # hole's shape does not tell the class: only the prompt does); the object's bounding box.
+    object_mask_prob: float = 0.35
+    pair_mask_prob: float = 0.3
+    box_mask_prob: float = 0.1
     max_dilate: int = 4
     sizes: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SIZES))
 
@@ -116,12 +120,14 @@ class InpainterSpec:
         for name in ("vae_steps", "unet_steps", "vae_batch_size", "batch_size", "vae_crop"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected an integer >= 1")
-        for name in ("prompt_dropout", "token_word_prob", "object_mask_prob", "box_mask_prob"):
+        for name in ("prompt_dropout", "token_word_prob", "object_mask_prob", "pair_mask_prob",
+                     "box_mask_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected a probability in [0, 1]")
-        if self.object_mask_prob + self.box_mask_prob > 1.0:
-            raise ConfigError(f"object_mask_prob + box_mask_prob = "
-                              f"{self.object_mask_prob + self.box_mask_prob}: expected at most 1")
+        total = self.object_mask_prob + self.pair_mask_prob + self.box_mask_prob
+        if total > 1.0 + 1e-9:
+            raise ConfigError(f"object_mask_prob + pair_mask_prob + box_mask_prob = {total:g}: "
+                              "expected at most 1")
         if self.balance not in ("group", "class", "none"):
             raise ConfigError(f"balance={self.balance!r}: expected group, class or none")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -227,19 +233,44 @@ def _random_shapes(rng: np.random.Generator, size: int) -> np.ndarray:
     return out
 
 
-def training_mask(object_mask: np.ndarray, has_mask: bool, rng: np.random.Generator,
-                  spec: InpainterSpec) -> np.ndarray:
-    """One training mask (bool SxS): dilated object mask, object box, or random shapes."""
+def centred_on(shape: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+    """``shape``'s foreground moved so its bounding-box centre sits on ``anchor``'s (clipped at the edges)."""
+    top, bottom, left, right = _bbox(shape)
+    a_top, a_bottom, a_left, a_right = _bbox(anchor)
+    dy = (a_top + a_bottom) // 2 - (top + bottom) // 2
+    dx = (a_left + a_right) // 2 - (left + right) // 2
+    h, w = shape.shape
+    out = np.zeros_like(shape, dtype=bool)
+    ys, xs = np.nonzero(shape)
+    ys, xs = ys + dy, xs + dx
+    keep = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    out[ys[keep], xs[keep]] = True
+    return out
+
+
+def training_mask(object_mask: np.ndarray, has_mask: bool, rng: np.random.Generator, spec: InpainterSpec,
+                  partner: np.ndarray | None = None) -> np.ndarray:
+    """One training mask (bool SxS).
+
+    With an object mask: the object's mask, its union with ``partner`` (another object's mask,
+    typically of another class, centred on this object and mirrored half the time), or its
+    bounding box — each grown by a random 0..``max_dilate`` px; otherwise random shapes.
+    Without a partner the pair share goes to the object's own mask.
+    """
     u = rng.random()
     size = object_mask.shape[0]
-    if has_mask and u < spec.object_mask_prob:
-        return dilate_mask(object_mask, int(rng.integers(0, spec.max_dilate + 1))).astype(bool)
-    if has_mask and u < spec.object_mask_prob + spec.box_mask_prob:
+    grow = int(rng.integers(0, spec.max_dilate + 1))
+    if has_mask and u < spec.object_mask_prob + spec.pair_mask_prob:
+        mask = object_mask
+        if u >= spec.object_mask_prob and partner is not None and partner.any():
+            other = partner[:, ::-1] if rng.random() < 0.5 else partner
+            mask = object_mask | centred_on(other, object_mask)
+        return dilate_mask(mask, grow).astype(bool)
+    if has_mask and u < spec.object_mask_prob + spec.pair_mask_prob + spec.box_mask_prob:
         top, bottom, left, right = _bbox(object_mask)
-        grow = rng.integers(0, spec.max_dilate + 1, size=4)
         out = np.zeros_like(object_mask, dtype=bool)
-        out[max(top - grow[0], 0):min(bottom + grow[1], size - 1) + 1,
-            max(left - grow[2], 0):min(right + grow[3], size - 1) + 1] = True
+        out[max(top - grow, 0):min(bottom + grow, size - 1) + 1,
+            max(left - grow, 0):min(right + grow, size - 1) + 1] = True
         return out
     return _random_shapes(rng, size)
 
@@ -299,6 +330,13 @@ class _EMA:
             p.copy_(s)
 
 
+def _partner(data: TrainingSet, partners: dict[int, np.ndarray], label: int,
+             rng: np.random.Generator) -> np.ndarray | None:
+    """The object mask of a random row of another class (``None`` when there is none)."""
+    pool = partners[label]
+    return data.masks[int(pool[rng.integers(len(pool))])].numpy() if len(pool) else None
+
+
 def _sampler(weights: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     while True:
         yield rng.choice(len(weights), size=batch_size, p=weights)
@@ -306,12 +344,18 @@ def _sampler(weights: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
 
 def train_vae(vae: torch.nn.Module, data: TrainingSet, spec: InpainterSpec, rng: np.random.Generator,
               gen: torch.Generator, progress: bool = True) -> list[float]:
-    """Phase 1: L1 reconstruction + ``kl_weight`` KL on random crops; returns per-step losses.
+    """Phase 1: object-weighted L1 reconstruction + ``kl_weight`` KL on random crops; returns losses.
 
-    Crops are centred on the object half of the time (its pixels matter most downstream).
+    The object's pixels (a few % of an image, and all that DDB repaints) weigh ``1 + vae_object_weight``
+    in the L1 term, and crops are centred on the object half of the time. The posterior's log-variance
+    starts at ``vae_logvar_init`` (small noise): with SD's tiny KL weight the encoder would otherwise
+    spend a short training shrinking unit-variance noise while the decoder learns to ignore it.
     """
     size = data.images.shape[-1]
     crop = min(spec.vae_crop, size)
+    latent = vae.config.latent_channels
+    with torch.no_grad():
+        vae.encoder.conv_out.bias[latent:].fill_(spec.vae_logvar_init)
     opt = torch.optim.AdamW(vae.parameters(), lr=spec.vae_lr, weight_decay=0.0)
     batches = _sampler(data.weights, spec.vae_batch_size, rng)
     losses = []
@@ -321,7 +365,7 @@ def train_vae(vae: torch.nn.Module, data: TrainingSet, spec: InpainterSpec, rng:
         for group in opt.param_groups:
             group["lr"] = spec.vae_lr * _lr_factor(step, spec.vae_steps, spec.warmup_steps)
         idx = next(batches)
-        crops = []
+        crops, weights = [], []
         for i in idx:
             if data.has_mask[i] and rng.random() < 0.5:
                 top, bottom, left, right = _bbox(data.masks[i].numpy())
@@ -331,11 +375,17 @@ def train_vae(vae: torch.nn.Module, data: TrainingSet, spec: InpainterSpec, rng:
             else:
                 y0, x0 = rng.integers(0, size - crop + 1, size=2)
             patch = data.images[i, :, y0:y0 + crop, x0:x0 + crop]
-            crops.append(patch.flip(-1) if rng.random() < 0.5 else patch)
+            weight = 1.0 + spec.vae_object_weight * data.masks[i, y0:y0 + crop, x0:x0 + crop].float()
+            if rng.random() < 0.5:
+                patch, weight = patch.flip(-1), weight.flip(-1)
+            crops.append(patch)
+            weights.append(weight)
         x = _to_signed(torch.stack(crops))
+        w = torch.stack(weights)[:, None]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
-        loss = (recon - x).abs().mean() + spec.kl_weight * posterior.kl().mean()
+        l1 = ((recon - x).abs() * w).sum() / (w.sum() * x.shape[1])
+        loss = l1 + spec.kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), spec.grad_clip)
@@ -381,6 +431,8 @@ def train_denoiser(pipe: StableDiffusionInpaintPipeline, data: TrainingSet, spec
     means, stds = posterior
     n = len(data.images)
     fillers = _filler_words(tokenizer)
+    # Per class: the rows of the other classes that have a mask (partners of pair masks).
+    partners = {int(c): np.flatnonzero(data.has_mask & (data.labels != c)) for c in np.unique(data.labels)}
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=1e-2)
     ema = _EMA(params, spec.ema_decay)
@@ -397,7 +449,8 @@ def train_denoiser(pipe: StableDiffusionInpaintPipeline, data: TrainingSet, spec
         flip = rng.random(len(idx)) < 0.5
         images = torch.stack([data.images[i].flip(-1) if f else data.images[i]
                               for i, f in zip(idx, flip, strict=True)])
-        masks = np.stack([training_mask(data.masks[i].numpy(), bool(data.has_mask[i]), rng, spec)
+        masks = np.stack([training_mask(data.masks[i].numpy(), bool(data.has_mask[i]), rng, spec,
+                                        _partner(data, partners, int(data.labels[i]), rng))
                           for i in idx])
         masks = torch.from_numpy(masks)
         masks = torch.where(torch.from_numpy(flip)[:, None, None], masks.flip(-1), masks)
