@@ -1,0 +1,86 @@
+"""raydbb demo: the packaged config, and the whole pipeline at tiny sizes (--fast), then a rerun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raydbb.cli import main
+from raydbb.commands.demo import demo_config
+from raydbb.config import load_config
+from raydbb.errors import ConfigError
+
+METRIC_KEYS = {"worst_group_accuracy", "worst_group", "average_accuracy", "weighted_average_accuracy",
+               "group_accuracy", "group_count", "num_samples"}
+GROUPS = {"landbird/land", "landbird/water", "waterbird/land", "waterbird/water"}
+STEPS = ("synth", "train_erm", "invert", "generate", "retrain", "evaluate", "report")
+
+
+def test_demo_config_layers(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    cfg = demo_config(out, seed=3, train_correlation=0.9, overrides=["retrain.epochs=7", "inpaint.model=/m"])
+    assert cfg.out == str(out) and cfg.data.root == str(out / "data")
+    assert (cfg.seed, cfg.train.seed, cfg.invert.seed) == (3, 3, 3)
+    assert cfg.data.synthetic.train_correlation == 0.9
+    assert cfg.retrain.epochs == 7 and cfg.inpaint.model == "/m"  # overrides win over the packaged file
+    assert cfg.invert.initializer == {"landbird": "bird", "waterbird": "bird"}
+    assert cfg.mask.source == "dataset" and cfg.classifier.arch == "small_cnn"
+
+    fast = demo_config(out, fast=True, overrides=["inpaint.model=/m"])
+    assert fast.data.synthetic.n_train == 240 and fast.invert.steps == 2
+    assert fast.data.synthetic.train_correlation == 0.95  # from demo.yaml, not touched by the overlay
+    with pytest.raises(ConfigError, match="retrain.epochs"):
+        demo_config(out, overrides=["retrain.epochs=0", "inpaint.model=/m"])
+
+
+def test_demo_rejects_a_negative_seed(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path / "d"), "--seed", "-1"]) == 2
+    assert "--seed -1: expected an integer >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_fast_demo_end_to_end_then_rerun_skips_every_step(ray_local, tmp_path: Path, capsys) -> None:
+    from raydbb.assets import synthetic_inpainter_path
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--fast", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"erm", "ddb"}
+    for name, entry in metrics.items():
+        assert set(entry) == {"val", "test", "run"}
+        assert entry["run"]["checkpoint"] == str(out / name)
+        for split, n in (("val", 64), ("test", 64)):
+            m = entry[split]
+            assert set(m) == METRIC_KEYS and set(m["group_accuracy"]) == GROUPS
+            assert m["num_samples"] == sum(m["group_count"].values()) == n
+            assert m["worst_group_accuracy"] == min(m["group_accuracy"].values())
+    assert "val ERM" in printed and "test DDB" in printed and "test worst-group accuracy: ERM" in printed
+
+    # Everything lives under OUT: data, models, tokens, manifest, images, report, resolved config.
+    for rel in ("data/metadata.csv", "erm/model.safetensors", "ddb/model.safetensors", "tokens",
+                "manifest", "images", "masks", "tau.json", "report.html", "config.yaml"):
+        assert (out / rel).exists(), rel
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    resolved = load_config(out / "config.yaml")
+    assert resolved.inpaint.model == str(synthetic_inpainter_path())
+    assert resolved.inpaint.tokens_dir == str(out / "tokens")
+
+    # A rerun in a fresh process (as a user would type it) skips every step and takes seconds.
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "raydbb.cli", "demo", "--out", str(out), "--fast",
+                           "--no-progress"], capture_output=True, text=True, timeout=300)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for i, step in enumerate(STEPS, start=1):
+        assert f"[{i}/{len(STEPS)}] {step}: already done" in proc.stdout
+    assert "running again" not in proc.stdout
+    assert elapsed < 30, f"rerun took {elapsed:.1f} s"
+    assert json.loads((out / "metrics.json").read_text()) == metrics
