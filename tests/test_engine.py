@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -221,3 +222,6 @@ def test_auto_block_rows() -> None:
     assert auto_block_rows(10, stages) == 2  # small run: many small blocks so stages overlap
     assert auto_block_rows(800, stages) == 50
     assert auto_block_rows(20000, stages) == 64  # large run: bounded per-block overhead
+    eights = [SimpleNamespace(batch_size=8), SimpleNamespace(batch_size=16)]
+    assert auto_block_rows(200, eights) == 16  # 13 rounded up to whole batches of 8
+    assert auto_block_rows(48, eights) == 8 and auto_block_rows(20000, eights) == 64

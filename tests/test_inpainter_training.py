@@ -69,7 +69,7 @@ def test_training_reduces_losses_and_saves_a_loadable_pipeline(records, tmp_path
                           progress=False)
     record = json.loads((out / TRAINING_RECORD).read_text())
     (vae_start, vae_end), (unet_start, unet_end) = record["vae_loss_start_end"], record["unet_loss_start_end"]
-    assert vae_end < 0.7 * vae_start
+    assert vae_end < 0.85 * vae_start  # the object-weighted reconstruction falls more slowly
     assert unet_end < 0.7 * unet_start
     # 16 train rows at correlation 0.95: 12 landbirds (11 on land), 4 waterbirds (all on water).
     assert record["data"]["group_counts"] == {"landbird/land": 11, "landbird/water": 1, "waterbird/water": 4}

@@ -139,8 +139,9 @@ class InpaintStage(Stage):
             if m.shape != im.shape[:2]:
                 raise DataError(f"mask of shape {m.shape} for an image of shape {im.shape}: expected the "
                                 "mask stage's mask at the source resolution")
-        image_t = torch.cat([_resize(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].float()
-                                     / 255.0, (side, side)) for im in images])
+        # torch.tensor copies: Ray hands batches over as read-only views of the object store.
+        image_t = torch.cat([_resize(torch.tensor(im).permute(2, 0, 1)[None].float() / 255.0, (side, side))
+                             for im in images])
         # Nearest keeps the working mask binary; any covered pixel is repainted.
         mask_t = torch.cat([F.interpolate(torch.from_numpy(np.ascontiguousarray(m != 0)).float()[None, None],
                                           size=(side, side), mode="nearest") for m in masks])
