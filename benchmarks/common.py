@@ -267,14 +267,16 @@ class Profile:
 # single-threaded torch (Ray sets OMP_NUM_THREADS = max(1, floor(num_cpus))): on a small,
 # shared machine one thread per process keeps the cores busy without OpenMP threads waiting for
 # each other. The inpainter, the most expensive stage, gets two actors, so that the two cores are
-# shared by roughly equal loads (2 × inpaint vs mask + prune + I/O). Batches are large enough
-# that per-batch overhead is small next to the model time.
+# shared by roughly equal loads (2 × inpaint vs mask + prune + I/O). Ray Data hands a pool whole
+# blocks and a block only grows on its way down (a stage merges its input into batch_size rows),
+# so the stages before the inpainter keep its batch size: 16-row blocks would reach the two
+# inpaint actors as 16-row tasks, and 48 rows = 3 tasks leave one actor idle a third of the time.
 CPU_PROFILE = Profile(
     name="cpu",
     device="cpu",
     ray_num_cpus=6,
-    io={"num_cpus": 0.25, "batch_size": 16},
-    mask={"actors": 1, "num_cpus": 0.5, "batch_size": 16, "model_batch_size": 16},
+    io={"num_cpus": 0.25, "batch_size": 8},
+    mask={"actors": 1, "num_cpus": 0.5, "batch_size": 8, "model_batch_size": 8},
     inpaint={"actors": 2, "num_cpus": 1.0, "batch_size": 8, "model_batch_size": 8},
     prune={"actors": 1, "num_cpus": 0.5, "batch_size": 16, "model_batch_size": 64},
     select={"actors": 2, "num_cpus": 1.0, "batch_size": 64, "model_batch_size": 64},

@@ -34,7 +34,7 @@ from benchmarks.common import (
 COMMAND = "python -m benchmarks.run_quick"
 
 # Sizes of the quick set (the single commands default to the same).
-QUICK = {"sources": 48, "repeats": 1, "inpaint_steps": 10, "memory_sources": 16, "memory_factor": 10,
+QUICK = {"sources": 200, "repeats": 1, "inpaint_steps": 10, "memory_sources": 16, "memory_factor": 10,
          "resnet_images": 4, "ig_pairs": 200}
 # A minimal run for smoke tests: every code path, seconds not minutes.
 SMOKE = {"sources": 6, "repeats": 1, "inpaint_steps": 1, "memory_sources": 4, "memory_factor": 2,
