@@ -35,3 +35,15 @@ def ray_local():
                  object_store_memory=512 * 1024 * 1024)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a module's tiny models: deterministic numbers, and no OpenMP threads
+    spinning against each other on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -34,13 +34,7 @@ TINY = {"sample_size": 8, "block_channels": (16, 32), "layers_per_block": 1, "at
         "text_hidden": 16, "text_layers": 1, "text_heads": 1, "text_intermediate": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # One thread: deterministic numbers, and no OpenMP spinning on a shared CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
