@@ -24,8 +24,6 @@ ray, loop, ...) so that drifting load on a shared machine hits every variant ali
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +54,7 @@ from benchmarks.common import (
     times,
     update_results,
 )
+from raydbb.models.threads import torch_threads
 
 COMMAND = "python -m benchmarks.engine_vs_loop"
 PASSES = ("select", "generate")
@@ -72,20 +71,6 @@ def interleaved(variants: tuple[str, ...], repeats: int) -> list[str]:
     for r in range(repeats):
         order += list(variants) if r % 2 == 0 else list(reversed(variants))
     return order
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch threads in this process (``None``: leave as is)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def combine(runs: list[SteadyState]) -> dict[str, Any]:
@@ -147,8 +132,8 @@ def measure(fx: Fixtures, *, n_sources: int = SOURCES, repeats: int = 1, profile
     same = np.mean([(manifests[v].reindex(manifests["ray"].index) == manifests["ray"]).mean()
                     for v in variants if v != "ray"])
     result: dict[str, Any] = {"n_sources": len(rows), "n_train": n_train, "n_scored": len(train),
-                              "repeats": repeats,
-                              "profile": profile.name, "inpaint_steps": inpaint_steps, "variants": variants,
+                              "repeats": repeats, "profile": profile.name, "inpaint_steps": inpaint_steps,
+                              "variants": variants,
                               "decisions_agree": float(same), "runs": runs, "passes": {}}
     loops = [v for v in variants if v != "ray"]
     for p in passes:

@@ -24,9 +24,8 @@ features are computed once for originals, repaints and validation images
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from raydbb.config import RaydbbConfig, TrainConfig
 from raydbb.engine.prune_rules import KEPT, RULE_REASONS, decide
 from raydbb.errors import ConfigError, DataError, RaydbbError
+from raydbb.models.threads import torch_threads
 
 DDB_DIR = "ddb"
 REPAINT = "repaint"
@@ -464,17 +464,6 @@ class HeadFit:
     history: list[dict[str, Any]]
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    # One thread: a trial on a fractional CPU, and bit-identical sums between a trial and a rerun.
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def fit_head(cache: FeatureCache, params: HeadParams, train: TrainConfig, epochs: int,
              report: Callable[[dict[str, Any]], None] | None = None) -> HeadFit:
     """Train the linear head on cached features with :class:`RepaintWeightedLoss`; select on val WGA.
@@ -497,7 +486,8 @@ def fit_head(cache: FeatureCache, params: HeadParams, train: TrainConfig, epochs
     counts = repaint_counts(rep_y, cache.class_names)
     val_x = torch.from_numpy(cache.val_x.astype(np.float32))
     num_groups = len(cache.group_names)
-    with _torch_threads(1):
+    # One thread: a trial on a fractional CPU, and bit-identical sums between a trial and a rerun.
+    with torch_threads(1):
         head = torch.nn.Linear(x.shape[1], len(cache.class_names))
         with torch.no_grad():
             head.weight.copy_(torch.tensor(cache.head_weight))  # copies: object-store arrays are read-only

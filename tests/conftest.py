@@ -41,9 +41,7 @@ def ray_local():
 def torch_one_thread():
     """One torch thread for a module's tiny models: deterministic numbers, and no OpenMP threads
     spinning against each other on a shared 2-core machine."""
-    import torch
+    from raydbb.models.threads import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
