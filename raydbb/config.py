@@ -132,6 +132,15 @@ class GenerateConfig(Section):
         "blocks so stages overlap; large runs: up to 64 rows, bounding per-block scheduling overhead)")
     manifest_rows_per_part: int = Field(2000, ge=1, description="rows per manifest Parquet part")
     flush_seconds: float = Field(60.0, gt=0, description="write a manifest part at least this often")
+    layout: Literal["pools", "fused"] = Field(
+        "pools", description="pools: one actor pool per model stage (mask, inpaint, prune: each its "
+        "own GPUs, batch sizes, pool size); fused: one pool whose actors each hold every model and run "
+        "the whole chain (CPU nodes with few cores: no inter-process copies, every core works)")
+    fused: StageResources = Field(
+        StageResources(actors=2, num_cpus=1.0, batch_size=8, model_batch_size=8),
+        description="layout=fused: the one pool (actors, CPUs/GPUs per actor, source rows per call; "
+        "each stage inside still uses its own batch sizes)",
+    )
 
 
 class MaskConfig(Section):

@@ -13,6 +13,7 @@ import ray.cloudpickle
 
 from raydbb.config import StageResources
 from raydbb.data.images import read_image, read_mask, write_png_atomic
+from raydbb.engine.chain import ChainStage
 from raydbb.engine.manifest import read_manifest
 from raydbb.engine.pipeline import generate_samples, source_rows
 from raydbb.engine.seeds import derive_seed
@@ -158,6 +159,50 @@ def test_ray_actor_pools_match_plain_loop_and_record_skips(ray_local, sources, t
         src = read_image(sources.set_index("source_id").loc[rows.loc[sid, "source_id"], "source_path"])
         assert a.shape == src.shape  # ragged sizes survive the trip through Ray Data
         assert read_mask(tmp_path / "ray" / rows.loc[sid, "mask_path"]).sum() == 20
+
+
+def test_fused_layout_runs_the_chain_in_one_pool_with_the_same_rows(ray_local, sources, tmp_path) -> None:
+    fused = ChainStage(_stages(tmp_path / "fused"), StageResources(actors=2, num_cpus=0.5, batch_size=3))
+    summary = generate_samples(sources, [fused], tmp_path / "fused", class_names=CLASSES, n_variants=1,
+                               engine="ray", rows_per_part=5, progress=False)
+    loop = _run(sources, tmp_path / "loop", "loop")
+    assert summary["written"] == loop["written"] == 16 and summary["pruned"] == loop["pruned"]
+    # every inner stage keeps its own timing, in running order, then the chain's
+    assert list(summary["stages"])[:6] == ["load", "mask", "expand", "inpaint", "write", "fused"]
+    cols = ["sample_id", "seed", "kept", "prune_reason", "image_path", "mask_path", "error"]
+    a = read_manifest(tmp_path / "fused", resolve_paths=False).sort_values("sample_id")[cols]
+    b = read_manifest(tmp_path / "loop", resolve_paths=False).sort_values("sample_id")[cols]
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+    path = a.set_index("sample_id").loc["s0__to-b__v0", "image_path"]
+    np.testing.assert_array_equal(read_image(tmp_path / "fused" / path), read_image(tmp_path / "loop" / path))
+
+
+def test_chain_concatenates_ragged_object_columns_and_passes_empty_batches() -> None:
+    from raydbb.engine.chain import concat_columns
+
+    a = {"id": np.array([1, 2]), "img": object_column([np.zeros((2, 2)), np.ones((3, 1))])}
+    b = {"id": np.array([3]), "img": object_column([np.full((2, 2), 7.0)])}
+    out = concat_columns([a, b])
+    assert out["id"].tolist() == [1, 2, 3] and out["img"].dtype == object and out["img"].shape == (3,)
+    assert out["img"][1].shape == (3, 1) and out["img"][2][0, 0] == 7.0
+    chain = ChainStage([ExpandStage(CLASSES, 1, 0, IO)], StageResources(batch_size=4))
+    empty = {"source_id": np.array([], dtype=object), "source_label": np.array([], dtype=np.int64)}
+    assert len(chain(empty)["source_id"]) == 0
+
+
+def test_fused_layout_needs_gpus_when_its_stages_do(tmp_path) -> None:
+    from raydbb.config import build_config
+    from raydbb.engine.pipeline import generation_stages
+    from raydbb.errors import ConfigError
+
+    cfg = build_config({"out": str(tmp_path), "generate": {"layout": "fused"},
+                        "inpaint": {"resources": {"num_gpus": 1}}})
+    with pytest.raises(ConfigError, match=r"generate.fused.num_gpus=0, but inpaint run on GPUs"):
+        generation_stages(cfg, CLASSES, tmp_path, np.zeros(3))
+    cfg = build_config({"out": str(tmp_path), "generate": {"layout": "fused"}})
+    (chain,) = generation_stages(cfg, CLASSES, tmp_path, np.zeros(3))
+    assert [s.name for s in chain.stages] == ["load", "mask", "expand", "inpaint", "prune", "write"]
+    assert chain.resources.actors == 2 and chain.stateful
 
 
 def test_resume_after_partial_and_crashed_runs(ray_local, sources, tmp_path) -> None:

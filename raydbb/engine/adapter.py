@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from raydbb.engine.chain import run_chain
 from raydbb.engine.stage import Batch, Stage, num_rows, timed_call
 
 logger = logging.getLogger(__name__)
@@ -140,12 +141,6 @@ def source_dataset(frame: pd.DataFrame, block_rows: int):
     return ray.data.from_blocks([table.slice(i, step) for i in range(0, max(table.num_rows, 1), step)])
 
 
-def _slices(batch: Batch, size: int) -> Iterator[Batch]:
-    n = num_rows(batch)
-    for start in range(0, n, size):
-        yield {key: col[start:start + size] for key, col in batch.items()}
-
-
 def run_loop(stages: list[Stage], rows: pd.DataFrame | Iterable[Batch],
              block_rows: int | None = None) -> Iterator[Batch]:
     """The plain sequential loop: ``setup()`` every stage once, then push each block of rows
@@ -163,10 +158,7 @@ def run_loop(stages: list[Stage], rows: pd.DataFrame | Iterable[Batch],
     else:
         blocks = rows
     for block in blocks:
-        batches = [block]
-        for stage in stages:
-            batches = [timed_call(stage, piece) for b in batches for piece in _slices(b, stage.batch_size)]
-        yield from (b for b in batches if num_rows(b))
+        yield from (b for b in run_chain(stages, block) if num_rows(b))
 
 
 def concat_batches(batches: Iterable[Batch]) -> pd.DataFrame:

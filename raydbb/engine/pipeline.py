@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from raydbb.config import RaydbbConfig
+from raydbb.config import RaydbbConfig, StageResources
 from raydbb.data.records import RecordSet
 from raydbb.engine.adapter import (
     auto_block_rows,
@@ -33,6 +33,7 @@ from raydbb.engine.adapter import (
     run_loop,
     source_dataset,
 )
+from raydbb.engine.chain import ChainStage, stage_names
 from raydbb.engine.manifest import (
     ManifestWriter,
     finished_sample_ids,
@@ -52,7 +53,7 @@ from raydbb.engine.stages.expand import ExpandStage, all_pairs, encode_todo, mak
 from raydbb.engine.stages.load import LoadStage
 from raydbb.engine.stages.score import ScoreStage
 from raydbb.engine.stages.write import WriteStage
-from raydbb.errors import DataError, RaydbbError
+from raydbb.errors import ConfigError, DataError, RaydbbError
 
 __all__ = ["run_loop", "run_generate", "generate_samples", "execute", "source_rows", "format_summary"]
 
@@ -105,6 +106,13 @@ def _weights_stamp(ckpt: Path) -> str:
     return f"{ckpt.resolve()}@{weights.stat().st_mtime_ns if weights.exists() else 0}"
 
 
+def scoring_stages(cfg: RaydbbConfig, ckpt: Path) -> list[Stage]:
+    """The scoring pass as stages: load, score (with ``layout=fused`` one chain on the scoring pool:
+    each scoring actor reads its own images)."""
+    stages = [LoadStage(cfg.generate.io), ScoreStage(ckpt, cfg.select.resources)]
+    return arrange(stages, cfg.generate.layout, cfg.select.resources, "select.resources")
+
+
 def score_training_set(cfg: RaydbbConfig, records: RecordSet, ckpt: Path, engine: str = "ray",
                        progress: bool = True) -> pd.DataFrame:
     """Per-sample ``loss``/``p_true`` of every training image (cached in ``OUT/select/scores.parquet``).
@@ -124,7 +132,7 @@ def score_training_set(cfg: RaydbbConfig, records: RecordSet, ckpt: Path, engine
         if meta.get(b"classifier") == stamp.encode() and set(cached["sample_id"]) == set(train["sample_id"]):
             logger.info("reusing training-set scores from %s", cache)
             return cached
-    stages = [LoadStage(cfg.generate.io), ScoreStage(ckpt, cfg.select.resources)]
+    stages = scoring_stages(cfg, ckpt)
     batches = []
     with tqdm(total=len(train), desc="score", unit="img", disable=not progress) as bar:
         for batch in execute(stages, source_rows(train), engine, cfg.generate.block_rows):
@@ -197,7 +205,7 @@ def generate_samples(sources: pd.DataFrame, stages: list[Stage], out: str | Path
                         acc[1] += int(np.isfinite(col).sum())
                 bar.update(n)
     wall = time.perf_counter() - start
-    order = {stage.name: i for i, stage in enumerate(stages)}
+    order = {name: i for i, name in enumerate(stage_names(stages))}
     return {
         "out": str(out),
         "engine": engine,
@@ -217,12 +225,13 @@ def generate_samples(sources: pd.DataFrame, stages: list[Stage], out: str | Path
 
 
 def generation_stages(cfg: RaydbbConfig, class_names: list[str], ckpt: Path, tau: np.ndarray) -> list[Stage]:
-    """The generation pipeline as a plain list: load, mask, expand, inpaint, prune, write."""
+    """The generation pipeline as a plain list: load, mask, expand, inpaint, prune, write — or, with
+    ``generate.layout=fused``, one :class:`~raydbb.engine.chain.ChainStage` holding them."""
     from raydbb.engine.stages.inpaint import InpaintStage
     from raydbb.engine.stages.mask import MaskStage
     from raydbb.engine.stages.prune import PruneStage
 
-    return [
+    stages = [
         LoadStage(cfg.generate.io),
         MaskStage(cfg.mask, class_names, checkpoint_dir=str(ckpt)),
         ExpandStage(class_names, cfg.inpaint.n_variants, cfg.seed, cfg.generate.io),
@@ -230,6 +239,19 @@ def generation_stages(cfg: RaydbbConfig, class_names: list[str], ckpt: Path, tau
         PruneStage(cfg.prune, classifier_dir=str(ckpt), tau=tau),
         WriteStage(cfg.out, {"classifier": str(ckpt)}, cfg.generate.io),
     ]
+    return arrange(stages, cfg.generate.layout, cfg.generate.fused, "generate.fused")
+
+
+def arrange(stages: list[Stage], layout: str, pool: StageResources, pool_field: str) -> list[Stage]:
+    """``stages`` as the adapter should map them: unchanged for ``layout=pools``, else one
+    :class:`ChainStage` on the pool ``pool`` (the config field ``pool_field``, for errors)."""
+    if layout == "pools":
+        return stages
+    on_gpu = [s.name for s in stages if s.resources.num_gpus > 0]
+    if on_gpu and pool.num_gpus == 0:
+        raise ConfigError(f"generate.layout=fused with {pool_field}.num_gpus=0, but {', '.join(on_gpu)} "
+                          "run on GPUs: give the fused pool GPUs or set their resources.num_gpus=0")
+    return [ChainStage(stages, pool)]
 
 
 def run_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool = True) -> dict[str, Any]:
