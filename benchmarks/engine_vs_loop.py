@@ -9,16 +9,19 @@ Both passes of ``raydbb generate`` are timed with each engine:
   pipeline) → prune (probabilities + 16-step IG of the demo classifier) → write (PNGs + manifest),
   over the selected sources.
 
-The loop is :func:`raydbb.engine.adapter.run_loop` in this process, once with torch's default
-threads (the plain loop a user would write) and once with one torch thread (what each engine actor
-gets; on a busy machine OpenMP threads waiting for each other can make the default much slower);
-the engine is :func:`raydbb.engine.adapter.build_dataset`. Each is measured by a small probe run
-and a full run (:class:`benchmarks.common.SteadyState`): start-up (actor creation and
-model loading in the engine, ``setup()`` in the loop) is separated from the steady state without
-relying on when the engine hands batches back. Runs are interleaved (loop, ray, loop-1t, loop-1t,
-ray, loop, ...) so that drifting load on a shared machine hits every variant alike.
+The loop is :func:`raydbb.engine.adapter.run_loop` in this process over the plain stage list,
+with torch's default threads (the plain loop a user would write; ``loop-1t``: one torch thread,
+what each engine actor gets). The engine is :func:`raydbb.engine.adapter.build_dataset` in both
+layouts (``generate.layout``): ``fused`` (one pool whose actors each run the whole chain) and
+``pools`` (a pool per model stage, cheap stages as tasks); the headline ratio uses the profile's
+layout. Each is measured by a small probe run and a full run
+(:class:`benchmarks.common.SteadyState`): start-up (actor creation and model loading in the
+engine, ``setup()`` in the loop) is separated from the steady state without relying on when the
+engine hands batches back. Runs are interleaved (loop, fused, pools, pools, fused, loop, ...) so
+that drifting load on a shared machine hits every variant alike.
 
     python -m benchmarks.engine_vs_loop [--sources N] [--repeats 1] [--profile cpu]
+                                        [--variants loop,fused,pools]
 """
 
 from __future__ import annotations
@@ -58,15 +61,25 @@ from raydbb.models.threads import torch_threads
 
 COMMAND = "python -m benchmarks.engine_vs_loop"
 PASSES = ("select", "generate")
-SELECT_ROWS = 16_000  # images through the select pass (the training set repeated)
-# Variant -> (engine for raydbb.engine.pipeline.execute, torch threads in this process or None).
-VARIANTS = {"loop": ("loop", None), "ray": ("ray", None), "loop-1t": ("loop", 1)}
-LABELS = {"loop": "loop (torch default threads)", "ray": "engine (Ray Data actor pools)",
+SELECT_ROWS = 8_000  # images through the select pass (the training set repeated)
+# Variant -> (engine for raydbb.engine.pipeline.execute, generate.layout, torch threads in this
+# process or None). The engine variants are named after their layout; the loops run the plain
+# stage list (what the pools layout hands the adapter).
+VARIANTS = {"loop": ("loop", "pools", None), "fused": ("ray", "fused", None), "pools": ("ray", "pools", None),
+            "loop-1t": ("loop", "pools", 1)}
+LABELS = {"loop": "loop (torch default threads)",
+          "fused": "engine, fused layout (one pool, whole chain per actor)",
+          "pools": "engine, pools layout (a pool per model stage)",
           "loop-1t": "loop (1 torch thread)"}
 
 
+def default_variants(profile: Profile) -> tuple[str, ...]:
+    """The loop and every layout the profile sizes (the fused one only where it has a fused pool)."""
+    return ("loop", "fused", "pools") if profile.fused else ("loop", profile.layout)
+
+
 def interleaved(variants: tuple[str, ...], repeats: int) -> list[str]:
-    """``loop, ray, loop-1t, loop-1t, ray, loop, ...``: balanced against drifting load."""
+    """``loop, fused, pools, pools, fused, loop, ...``: balanced against drifting load."""
     order: list[str] = []
     for r in range(repeats):
         order += list(variants) if r % 2 == 0 else list(reversed(variants))
@@ -91,22 +104,28 @@ def combine(runs: list[SteadyState]) -> dict[str, Any]:
 
 def measure(fx: Fixtures, *, n_sources: int = SOURCES, repeats: int = 1, profile: Profile = CPU_PROFILE,
             inpaint_steps: int = INPAINT_STEPS, work: Path | None = None,
-            variants: tuple[str, ...] = tuple(VARIANTS), passes: tuple[str, ...] = PASSES) -> dict[str, Any]:
+            variants: tuple[str, ...] | None = None, passes: tuple[str, ...] = PASSES) -> dict[str, Any]:
     """Time ``passes`` with every variant (Ray must be initialised); returns runs and ratios.
 
-    ``variants`` must include ``ray`` and ``loop``; ``passes`` must include ``generate``.
+    ``variants`` (default :func:`default_variants`) must include ``loop`` and the profile's layout
+    (the engine as configured); ``passes`` must include ``generate``.
     """
-    if not {"ray", "loop"} <= set(variants) or "generate" not in passes:
-        raise ValueError(f"variants {variants} / passes {passes}: need ray and loop, and generate")
+    engine_variant = profile.layout
+    variants = variants or default_variants(profile)
+    if not {engine_variant, "loop"} <= set(variants) or "generate" not in passes:
+        raise ValueError(f"variants {variants} / passes {passes}: need loop and {engine_variant} (the "
+                         "profile's layout), and generate")
     from raydbb.data.registry import load_records
     from raydbb.engine.manifest import read_manifest
-    from raydbb.engine.pipeline import source_rows
-    from raydbb.engine.stages.load import LoadStage
-    from raydbb.engine.stages.score import ScoreStage
+    from raydbb.engine.pipeline import scoring_stages, source_rows
 
     work = Path(work or bench_dir() / "engine_vs_loop")
-    cfg = bench_config(fx, work / "select", profile, inpaint_steps=inpaint_steps)
+    cfgs = {v: bench_config(fx, work / "select", profile, inpaint_steps=inpaint_steps,
+                            layout=VARIANTS[v][1]) for v in variants}
+    cfg = cfgs["loop"]
     rows = generation_rows(cfg, fx).iloc[:n_sources].reset_index(drop=True)
+    if len(rows) < n_sources:
+        raise ValueError(f"{n_sources} sources asked, but the benchmark selection has {len(rows)}")
     train = source_rows(load_records(cfg.data).split("train"))
     n_train = len(train)
     # Scoring is ~1000x cheaper than generating: the training set alone finishes inside the
@@ -117,30 +136,32 @@ def measure(fx: Fixtures, *, n_sources: int = SOURCES, repeats: int = 1, profile
     # selection) that would land in the first loop probe and inflate the loop's steady rate.
     run_pipeline(pipeline_stages(cfg, fx), rows.iloc[:8], "loop", work / "warm-up")
     for variant in interleaved(variants, repeats):
-        engine, threads = VARIANTS[variant]
+        engine, _, threads = VARIANTS[variant]
+        vcfg = cfgs[variant]
         with torch_threads(threads):
             if "select" in passes:  # the stages score_training_set runs
                 runs["select"][variant].append(measure_steady(
-                    lambda: [LoadStage(cfg.generate.io), ScoreStage(fx.classifier, cfg.select.resources)],
+                    lambda vcfg=vcfg: scoring_stages(vcfg, fx.classifier),
                     train, engine, work / f"select-{variant}", manifest=False))
             runs["generate"][variant].append(measure_steady(
-                lambda: pipeline_stages(cfg, fx), rows, engine, work / f"generate-{variant}"))
+                lambda vcfg=vcfg: pipeline_stages(vcfg, fx), rows, engine, work / f"generate-{variant}"))
 
     # Same stages, same inputs: every variant must reach the same decisions (last full runs).
     manifests = {v: read_manifest(work / f"generate-{v}" / "full", resolve_paths=False)
                  .set_index("sample_id")["prune_reason"] for v in variants}
-    same = np.mean([(manifests[v].reindex(manifests["ray"].index) == manifests["ray"]).mean()
-                    for v in variants if v != "ray"])
+    ref = manifests[engine_variant]
+    same = np.mean([(manifests[v].reindex(ref.index) == ref).mean() for v in variants if v != engine_variant])
     result: dict[str, Any] = {"n_sources": len(rows), "n_train": n_train, "n_scored": len(train),
                               "repeats": repeats, "profile": profile.name, "inpaint_steps": inpaint_steps,
-                              "variants": variants,
+                              "variants": variants, "engine": engine_variant,
                               "decisions_agree": float(same), "runs": runs, "passes": {}}
-    loops = [v for v in variants if v != "ray"]
+    others = [v for v in variants if v != engine_variant]
     for p in passes:
         stats: dict[str, Any] = {v: combine(runs[p][v]) for v in variants}
-        for loop in loops:
-            stats[f"ratio_steady_{loop}"] = stats["ray"]["steady_rate"] / stats[loop]["steady_rate"]
-            stats[f"ratio_total_{loop}"] = stats["ray"]["total_rate"] / stats[loop]["total_rate"]
+        for other in others:
+            ours, theirs = stats[engine_variant], stats[other]
+            stats[f"ratio_steady_{other}"] = ours["steady_rate"] / theirs["steady_rate"]
+            stats[f"ratio_total_{other}"] = ours["total_rate"] / theirs["total_rate"]
         result["passes"][p] = stats
     if "select" in passes:
         # The whole job per generated sample: the select pass is shared by the run's samples.
@@ -148,7 +169,7 @@ def measure(fx: Fixtures, *, n_sources: int = SOURCES, repeats: int = 1, profile
         job = {v: 1 / (1 / gen[v]["steady_rate"] + n_train / sel[v]["steady_rate"] / len(rows))
                for v in variants}
         result["job_steady_rate"] = job
-        result["ratio_job_steady"] = {loop: job["ray"] / job[loop] for loop in loops}
+        result["ratio_job_steady"] = {other: job[engine_variant] / job[other] for other in others}
     return result
 
 
@@ -164,13 +185,20 @@ def report(result: dict[str, Any], info: dict[str, Any], load: list[float], comm
             rows.append({"pass": p, "run": LABELS[v], "rows": f"{int(s['rows'])} {unit}",
                          "start-up s": f"{s['startup_s']:.1f}", "steady rows/s": f"{s['steady_rate']:.2f}",
                          "rows/s incl. start-up": f"{s['total_rate']:.2f}"})
-    busy = [{"run": LABELS[v], **{f"{k} ms/row": f"{ms:.1f}" for k, ms in gen[v]["busy_ms"].items()}}
-            for v in variants]
-    lines = [f"- **engine vs loop (generate, steady state): {times(gen['ratio_steady_loop'])}**"]
+    stage_keys = list(dict.fromkeys(k for v in variants for k in gen[v]["busy_ms"]))
+    busy = [{"run": LABELS[v], **{f"{k} ms/row": f"{gen[v]['busy_ms'].get(k, float('nan')):.1f}"
+                                  for k in stage_keys}} for v in variants]
+    engine = result["engine"]
+    lines = [f"- **engine vs loop (generate, steady state; {engine} layout): "
+             f"{times(gen['ratio_steady_loop'])}**"]
     if "loop-1t" in variants:
         lines.append(f"- engine vs loop with 1 torch thread (generate, steady state): "
                      f"{times(gen['ratio_steady_loop-1t'])}")
-    for loop in (v for v in variants if v != "ray"):
+    for other in (v for v in variants if VARIANTS[v][0] == "ray" and v != engine):
+        lines.append(f"- {engine} layout vs {other} layout (generate, steady state): "
+                     f"{times(gen[f'ratio_steady_{other}'])}; including start-up: "
+                     f"{times(gen[f'ratio_total_{other}'])}")
+    for loop in (v for v in variants if VARIANTS[v][0] == "loop"):
         name = "loop" if loop == "loop" else "1-thread loop"
         if "select" in result["passes"]:
             lines.append(f"- engine vs {name} (select, steady state): "
@@ -187,7 +215,10 @@ def report(result: dict[str, Any], info: dict[str, Any], load: list[float], comm
             f"steps] → prune [probabilities + 16-step IG] → write [PNGs + manifest]) on "
             f"{result['n_sources']} selected sources; profile `{result['profile']}`; {result['repeats']} "
             "run(s) per variant, interleaved. Loop = `run_loop` over the same stage objects in one "
-            f"process. Start-up = a probe run ({gen['loop']['probe_rows']} sources: one full batch for "
+            "process. Engine = Ray Data actor pools, in either layout (`generate.layout`): *fused* = one "
+            "pool whose actors each run the whole chain on their own blocks, *pools* = one pool per model "
+            "stage with the cheap stages as tasks; the headline uses the profile's layout. Start-up = a "
+            f"probe run ({gen['loop']['probe_rows']} sources: one full batch for "
             "every stage) minus its rows at the steady rate; steady rate = extra rows / extra seconds of "
             "the full run over the probe. Ray workers run at normal priority (`raydbb.ray_utils.init_ray` "
             "sets niceness 0, as the loop has).\n\n"
@@ -203,13 +234,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=1, help="runs per engine (interleaved)")
     parser.add_argument("--steps", type=int, default=INPAINT_STEPS, help="inpainting steps")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="stage sizing")
+    parser.add_argument("--variants", default="",
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (loop and the profile's layout "
+                        "are needed; default: loop and every layout the profile sizes)")
     parser.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: ours)")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) or None
+    unknown = [v for v in variants or () if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; expected names from {list(VARIANTS)}")
     fx = build_fixtures()
     with local_ray(profile), Sampler(load_average, 5.0) as load:
         result = measure(fx, n_sources=args.sources, repeats=args.repeats, profile=profile,
-                         inpaint_steps=args.steps)
+                         inpaint_steps=args.steps, variants=variants)
     text = report(result, machine_info(), load.values)
     print(text)
     update_results("engine_vs_loop", text, **({"path": args.results} if args.results else {}))

@@ -248,7 +248,7 @@ def report(result: dict[str, Any], info: dict[str, Any], load: list[float], comm
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resnet-images", type=int, default=4, help="ResNet-50 samples (50 passes each)")
+    parser.add_argument("--resnet-images", type=int, default=2, help="ResNet-50 samples (50 passes each)")
     parser.add_argument("--pairs", type=int, default=200, help="sources of the step study (2 samples each)")
     parser.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: ours)")
     args = parser.parse_args(argv)

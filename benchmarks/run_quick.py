@@ -19,9 +19,11 @@ import numpy as np
 
 from benchmarks import engine_vs_loop, ig_cost, memory, scaling, stage_limits
 from benchmarks.common import (
+    INPAINT_STEPS,
     PROFILES,
     RESULTS_INTRO,
     RESULTS_PATH,
+    SOURCES,
     Sampler,
     bench_dir,
     build_fixtures,
@@ -34,11 +36,9 @@ from benchmarks.common import (
 COMMAND = "python -m benchmarks.run_quick"
 
 # Sizes of the quick set (the single commands default to the same).
-QUICK = {"sources": 200, "repeats": 1, "inpaint_steps": 10, "memory_sources": 16, "memory_factor": 10,
-         "resnet_images": 4, "ig_pairs": 200}
-# A minimal run for smoke tests: every code path, seconds not minutes.
-SMOKE = {"sources": 6, "repeats": 1, "inpaint_steps": 1, "memory_sources": 4, "memory_factor": 2,
-         "resnet_images": 2, "ig_pairs": 8}
+QUICK = {"sources": SOURCES, "scaling_sources": scaling.SCALING_SOURCES, "repeats": 1,
+         "inpaint_steps": INPAINT_STEPS, "memory_sources": 16, "memory_factor": 10, "resnet_images": 2,
+         "ig_pairs": 200}
 
 
 def _timed_section(fn: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], list[float]]:
@@ -64,12 +64,13 @@ def run(profile_name: str = "cpu", sizes: dict[str, Any] | None = None, results:
                 fx, n_sources=sizes["sources"], repeats=sizes["repeats"], profile=profile,
                 inpaint_steps=steps, work=work / "engine_vs_loop"))
             out["engine_vs_loop"] = (evl, load, engine_vs_loop.report)
-            engine_run = evl["runs"]["generate"]["ray"][-1]
+            engine_run = evl["runs"]["generate"].get("pools", [None])[-1]  # the layout stage limits describe
             out["stage_limits"] = (*_timed_section(lambda: stage_limits.measure(
                 fx, n_sources=sizes["sources"], profile=profile, inpaint_steps=steps, engine_run=engine_run,
                 work=work / "stage_limits")), stage_limits.report)
             out["scaling"] = (*_timed_section(lambda: scaling.measure(
-                fx, n_sources=sizes["sources"], profile=profile, inpaint_steps=steps, work=work / "scaling")),
+                fx, n_sources=sizes["scaling_sources"], profile=profile, inpaint_steps=steps,
+                work=work / "scaling")),
                 scaling.report)
             out["memory"] = (*_timed_section(lambda: memory.measure(
                 fx, n_sources=sizes["memory_sources"], factor=sizes["memory_factor"], profile=profile,

@@ -15,7 +15,6 @@ from benchmarks.common import (
     GPU_PROFILE,
     INPAINT_STEPS,
     PROFILES,
-    SOURCES,
     Fixtures,
     Profile,
     Sampler,
@@ -35,9 +34,10 @@ from benchmarks.common import (
 )
 
 COMMAND = "python -m benchmarks.scaling"
+SCALING_SOURCES = 160  # per pool size (two full runs and two probes)
 
 
-def measure(fx: Fixtures, *, n_sources: int = SOURCES, actor_counts: tuple[int, ...] = (1, 2),
+def measure(fx: Fixtures, *, n_sources: int = SCALING_SOURCES, actor_counts: tuple[int, ...] = (1, 2),
             profile: Profile = CPU_PROFILE, inpaint_steps: int = INPAINT_STEPS,
             work: Path | None = None) -> dict[str, Any]:
     """Steady-state engine throughput per pool size (Ray must be initialised)."""
@@ -50,7 +50,7 @@ def measure(fx: Fixtures, *, n_sources: int = SOURCES, actor_counts: tuple[int, 
         runs[actors] = measure_steady(lambda cfg=cfg: pipeline_stages(cfg, fx), rows, "ray",
                                       work / f"generate-{actors}")
     first = runs[actor_counts[0]].steady_rate
-    return {"n_sources": len(rows), "profile": profile.name,
+    return {"n_sources": len(rows), "profile": profile.name, "layout": profile.layout,
             "runs": {a: {"startup_s": r.startup_s, "steady_rate": r.steady_rate,
                          "ratio": r.steady_rate / first} for a, r in runs.items()}}
 
@@ -59,9 +59,10 @@ def profile_table(profiles: tuple[Profile, ...] = (CPU_PROFILE, GPU_PROFILE)) ->
     """The stage sizing of each profile (actors, CPUs, GPUs, batch sizes) as a markdown table."""
     rows = []
     for p in profiles:
-        for stage in ("mask", "inpaint", "prune"):
-            res = getattr(p, stage)
-            rows.append({"profile": p.name, "stage": stage, "actors": res.get("actors", 1),
+        pools = [("fused", p.fused)] if p.layout == "fused" else []
+        for stage, res in pools + [(s, getattr(p, s)) for s in ("mask", "inpaint", "prune")]:
+            rows.append({"profile": f"{p.name} ({p.layout} layout)", "stage": stage,
+                         "actors": res.get("actors", 1),
                          "num_cpus": res.get("num_cpus", 1), "num_gpus": res.get("num_gpus", 0),
                          "batch_size": res["batch_size"], "model_batch_size": res["model_batch_size"],
                          "dtype": p.inpaint_dtype if stage == "inpaint" else "float32"})
@@ -69,16 +70,17 @@ def profile_table(profiles: tuple[Profile, ...] = (CPU_PROFILE, GPU_PROFILE)) ->
 
 
 def report(result: dict[str, Any], info: dict[str, Any], load: list[float], command: str = COMMAND) -> str:
-    rows = [{"actors per model stage": a, "start-up s": f"{r['startup_s']:.1f}",
+    rows = [{"actors per pool": a, "start-up s": f"{r['startup_s']:.1f}",
              "steady samples/s": f"{r['steady_rate']:.2f}", "vs 1 actor": times(r["ratio"])}
             for a, r in result["runs"].items()]
     counts = sorted(result["runs"])
     ratio = result["runs"][counts[-1]]["ratio"]
     return (section_header("4. Scaling", command, info, load)
-            + f"\nGenerate pipeline, {result['n_sources']} samples, profile `{result['profile']}`, every "
-            "model stage (mask, inpaint, prune) with the same pool size.\n\n"
+            + f"\nGenerate pipeline, {result['n_sources']} samples, profile `{result['profile']}` "
+            f"({result['layout']} layout), every pool (the fused pool, or each model stage's: mask, "
+            "inpaint, prune) with the same number of actors.\n\n"
             + markdown_table(rows)
-            + f"\n- **{counts[-1]} vs {counts[0]} actors per stage: {times(ratio)}**\n"
+            + f"\n- **{counts[-1]} vs {counts[0]} actors per pool: {times(ratio)}**\n"
             "\nStage sizing of the two profiles (`--profile gpu` runs every benchmark with the GPU one; "
             "`tests/test_benchmarks_gpu.py` runs the quick set that way on a GPU node):\n\n"
             + profile_table())
@@ -87,7 +89,7 @@ def report(result: dict[str, Any], info: dict[str, Any], load: list[float], comm
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sources", type=int, default=SOURCES, help="selected sources to generate from")
+    parser.add_argument("--sources", type=int, default=SCALING_SOURCES, help="selected sources (per run)")
     parser.add_argument("--steps", type=int, default=INPAINT_STEPS, help="inpainting steps")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="stage sizing")
     parser.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: ours)")

@@ -50,6 +50,7 @@ from benchmarks.common import (
 
 COMMAND = "python -m benchmarks.stage_limits"
 MODEL_STAGES = ("mask", "inpaint", "prune")
+ISOLATED_ROWS = 96  # sources for the isolated rates (a rate, not a total: fewer rows suffice)
 
 
 def isolated_rates(stages: list, rows, repeats: int = 1) -> dict[str, dict[str, float]]:
@@ -100,12 +101,14 @@ def limits(isolated: dict[str, dict[str, float]], cores: float) -> dict[str, flo
 def measure(fx: Fixtures, *, n_sources: int = SOURCES, profile: Profile = CPU_PROFILE,
             inpaint_steps: int = INPAINT_STEPS, engine_run: SteadyState | None = None,
             work: Path | None = None) -> dict[str, Any]:
-    """Isolated rates, in-pipeline busy rates and the fraction of the limit (Ray must be up unless
-    ``engine_run`` — e.g. engine_vs_loop's — is given)."""
+    """Isolated rates, in-pipeline busy rates and the fraction of the limit for the pools layout (Ray
+    must be up unless ``engine_run`` — e.g. engine_vs_loop's pools run — is given)."""
     work = Path(work or bench_dir() / "stage_limits")
-    cfg = bench_config(fx, work / "select", profile, inpaint_steps=inpaint_steps)
+    # Per-stage limits describe the pools layout (each model stage its own pool), whatever the
+    # profile runs by default.
+    cfg = bench_config(fx, work / "select", profile, inpaint_steps=inpaint_steps, layout="pools")
     rows = generation_rows(cfg, fx).iloc[:n_sources].reset_index(drop=True)
-    isolated = isolated_rates(pipeline_stages(cfg, fx), rows)
+    isolated = isolated_rates(pipeline_stages(cfg, fx), rows.iloc[:ISOLATED_ROWS])
     if engine_run is None:
         engine_run = measure_steady(lambda: pipeline_stages(cfg, fx), rows, "ray", work / "generate")
     cores = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
@@ -129,7 +132,8 @@ def report(result: dict[str, Any], info: dict[str, Any], load: list[float], comm
     lim = result["limits"]
     binding = "CPU" if lim["cpu"] < lim["slowest_stage"] else "slowest stage"
     return (section_header("2. Engine overhead vs its limit", command, info, load)
-            + f"\n{result['n_sources']} samples through the generate pipeline; isolated = the stage object "
+            + f"\n{result['n_sources']} samples through the generate pipeline in the pools layout (one actor "
+            "pool per model stage); isolated = the stage object "
             "called alone in one process on batches of its batch_size; inside = its busy time during the "
             "engine run (CPU contention with the other stages shows up here).\n\n"
             + markdown_table(rows)

@@ -22,9 +22,10 @@ from benchmarks.common import (
 )
 
 # Tiny everything: 2-row blocks so that a handful of sources gives a probe and a longer full run;
-# dataset masks (no detector to load in the smoke run); one actor per stage on the test Ray's 4 CPUs.
+# dataset masks (no detector to load in the smoke run); one actor per pool on the test Ray's 4 CPUs.
 SMOKE = Profile(
-    name="smoke", device="cpu", ray_num_cpus=None, mask_source="dataset",
+    name="smoke", device="cpu", ray_num_cpus=None, mask_source="dataset", layout="fused",
+    fused={"actors": 1, "num_cpus": 0.5, "batch_size": 2, "model_batch_size": 2},
     io={"num_cpus": 0.25, "batch_size": 2},
     mask={"actors": 1, "num_cpus": 0.5, "batch_size": 2, "model_batch_size": 2},
     inpaint={"actors": 1, "num_cpus": 0.5, "batch_size": 2, "model_batch_size": 2},
@@ -42,8 +43,9 @@ def fx(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evl(ray_local, fx, tmp_path_factory):
-    return engine_vs_loop.measure(fx, n_sources=6, profile=SMOKE, inpaint_steps=1, variants=("loop", "ray"),
-                                  passes=("generate",), work=tmp_path_factory.mktemp("evl"))
+    return engine_vs_loop.measure(fx, n_sources=6, profile=SMOKE, inpaint_steps=1,
+                                  variants=("loop", "fused", "pools"), passes=("generate",),
+                                  work=tmp_path_factory.mktemp("evl"))
 
 
 def test_steady_state_separates_startup() -> None:
@@ -71,17 +73,24 @@ def test_update_results_keeps_other_sections(tmp_path) -> None:
 
 def test_engine_vs_loop_and_stage_limits(evl, fx, tmp_path) -> None:
     gen = evl["passes"]["generate"]
-    for v in ("loop", "ray"):
+    for v in ("loop", "fused", "pools"):
         runs = evl["runs"]["generate"][v]
         assert gen[v]["rows"] == 6 and gen[v]["probe_rows"] == 2
         # (NaN when a noisy machine ran the tiny full run faster than its probe)
         assert gen[v]["steady_rate"] == pytest.approx(runs[0].steady_rate, nan_ok=True)
-    assert gen["ratio_steady_loop"] == pytest.approx(gen["ray"]["steady_rate"] / gen["loop"]["steady_rate"],
+    # the headline engine is the profile's layout
+    assert evl["engine"] == "fused"
+    assert gen["ratio_steady_loop"] == pytest.approx(gen["fused"]["steady_rate"] / gen["loop"]["steady_rate"],
                                                      nan_ok=True)
-    assert evl["decisions_agree"] == 1.0  # same stages, same inputs, same decisions
-    assert "engine vs loop (generate, steady state): " in engine_vs_loop.report(evl, INFO, [1.0])
+    assert evl["decisions_agree"] == 1.0  # same stages, same inputs, same decisions in every layout
+    assert "fused" in gen["fused"]["busy_ms"] and "fused" not in gen["pools"]["busy_ms"]
+    text = engine_vs_loop.report(evl, INFO, [1.0])
+    assert "engine vs loop (generate, steady state; fused layout): " in text
+    assert "fused layout vs pools layout (generate, steady state): " in text
+    with pytest.raises(ValueError, match="need loop and fused"):
+        engine_vs_loop.measure(fx, profile=SMOKE, variants=("loop", "pools"))
 
-    engine_run = evl["runs"]["generate"]["ray"][-1]
+    engine_run = evl["runs"]["generate"]["pools"][-1]
     lim = stage_limits.measure(fx, n_sources=6, profile=SMOKE, inpaint_steps=1, engine_run=engine_run,
                                work=tmp_path / "limits")
     assert set(lim["isolated"]) == {"mask", "inpaint", "prune"}
@@ -98,7 +107,8 @@ def test_scaling_and_memory(ray_local, fx, tmp_path) -> None:
     base = sc["runs"][1]["steady_rate"]
     for r in sc["runs"].values():  # (NaN when the noisy machine ran a tiny full run faster than its probe)
         assert r["ratio"] == pytest.approx(r["steady_rate"] / base, nan_ok=True)
-    assert "2 vs 1 actors per stage" in scaling.report(sc, INFO, [])
+    assert "2 vs 1 actors per pool" in scaling.report(sc, INFO, [])
+    assert sc["layout"] == "fused" and "| cpu (fused layout) | fused | 2 |" in scaling.report(sc, INFO, [])
 
     mem = memory.measure(fx, n_sources=2, factor=2, profile=SMOKE, inpaint_steps=1, interval=0.2,
                          work=tmp_path / "memory")
