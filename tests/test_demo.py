@@ -30,6 +30,7 @@ def test_demo_config_layers(tmp_path: Path) -> None:
     assert cfg.retrain.epochs == 7 and cfg.inpaint.model == "/m"  # overrides win over the packaged file
     assert cfg.invert.initializer == {"landbird": "bird", "waterbird": "bird"}
     assert cfg.mask.source == "dataset" and cfg.classifier.arch == "small_cnn"
+    assert cfg.generate.layout == "fused" and cfg.generate.fused.actors == 2  # CPU-only: one pool
 
     fast = demo_config(out, fast=True, overrides=["inpaint.model=/m"])
     assert fast.data.synthetic.n_train == 240 and fast.invert.steps == 2
@@ -72,6 +73,7 @@ def test_fast_demo_end_to_end_then_rerun_skips_every_step(ray_local, tmp_path: P
     resolved = load_config(out / "config.yaml")
     assert resolved.inpaint.model == str(synthetic_inpainter_path())
     assert resolved.inpaint.tokens_dir == str(out / "tokens")
+    assert resolved.generate.layout == "fused"  # the demo's generate step ran in the fused layout
 
     # A rerun in a fresh process (as a user would type it) skips every step and takes seconds.
     start = time.perf_counter()
