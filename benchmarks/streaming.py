@@ -92,7 +92,8 @@ def measure(fx: Fixtures, *, small: int = 2000, large: int = 20000, inpaint_step
     from raydbb.engine.pipeline import format_summary, run_generate
 
     work = Path(work or bench_dir() / "streaming")
-    result: dict[str, Any] = {"idle": snapshot(), "runs": {}}
+    result: dict[str, Any] = {"idle": snapshot(), "runs": {}, "profile": profile.name,
+                              "layout": profile.layout}
     for n in (small, large):
         data = dataset(work, n)
         out = work / f"generate-{n}"
@@ -133,8 +134,9 @@ def report(result: dict[str, Any], info: dict[str, Any], load: list[float], comm
     verdict = "within" if result["within_bound"] else "OUTSIDE"
     return (section_header("6. Streaming a CelebA-sized run in bounded memory", command, info, load)
             + "\n`raydbb generate` (score → select → mask with tiny GroundingDINO + SAM → inpaint → IG prune "
-            "→ write + manifest) over N training images, half selected, two variants each; Ray's default "
-            "object store; peaks over the driver and every process it started.\n\n"
+            "→ write + manifest) over N training images, half selected, two variants each; profile "
+            f"`{result['profile']}` ({result['layout']} layout); Ray's default object store; peaks over the "
+            "driver and every process it started.\n\n"
             + markdown_table(rows) + "\n" + markdown_table(stage_rows)
             + f"\n- **peak memory, {large} vs {small} samples: Σ RSS {times(result['ratio_rss'])}, "
             f"Σ PSS {times(result['ratio_pss'])}** ({verdict} the {BOUND}× bound); object store spilled "

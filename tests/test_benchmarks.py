@@ -129,6 +129,7 @@ def test_streaming_runs_generate_at_two_sizes(ray_local, fx, tmp_path) -> None:
     assert res["spilled"] == 0.0 and set(runs[8]["stages"]) >= {"mask", "inpaint", "prune"}
     text = streaming.report(res, INFO, [])
     assert "16 vs 8 samples" in text and "1.3× bound" in text and "| inpaint |" in text
+    assert "profile `smoke` (fused layout)" in text
 
 
 def test_inpainter_quality_section_states_the_rates() -> None:
