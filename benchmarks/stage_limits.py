@@ -62,6 +62,7 @@ def isolated_rates(stages: list, rows, repeats: int = 1) -> dict[str, dict[str, 
     import torch
 
     from raydbb.engine.adapter import frame_to_batch
+    from raydbb.engine.chain import slices
     from raydbb.engine.stage import num_rows
 
     threads = torch.get_num_threads()
@@ -70,8 +71,7 @@ def isolated_rates(stages: list, rows, repeats: int = 1) -> dict[str, dict[str, 
     try:
         for stage in stages:
             stage.setup()
-            pieces = [{k: v[i:i + stage.batch_size] for k, v in b.items()}
-                      for b in batches for i in range(0, num_rows(b), stage.batch_size)]
+            pieces = [piece for b in batches for piece in slices(b, stage.batch_size)]
             if stage.stateful and stage.name in MODEL_STAGES:
                 torch.set_num_threads(max(1, int(stage.resources.num_cpus)))
                 stage(pieces[0])  # warm-up: first-call allocations, lazy init
