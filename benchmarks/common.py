@@ -406,8 +406,8 @@ class SteadyState:
 def generation_rows(cfg: RaydbbConfig, fx: Fixtures, engine: str = "loop") -> pd.DataFrame:
     """The selected source rows (real per-sample selection on the ERM scores), with ``todo``."""
     from raydbb.data.registry import load_records
-    from raydbb.engine.pipeline import plan_sources, score_training_set, source_rows
-    from raydbb.engine.select import select_majority
+    from raydbb.ddb.generate import plan_sources, score_training_set, source_rows
+    from raydbb.ddb.select import select_majority
 
     records = load_records(cfg.data)
     scores = score_training_set(cfg, records, fx.classifier, engine=engine, progress=False)
@@ -419,7 +419,7 @@ def generation_rows(cfg: RaydbbConfig, fx: Fixtures, engine: str = "loop") -> pd
 
 def pipeline_stages(cfg: RaydbbConfig, fx: Fixtures, tau: np.ndarray | None = None) -> list[Stage]:
     """``raydbb generate``'s stage list (load, mask, expand, inpaint, prune, write) for ``cfg``."""
-    from raydbb.engine.pipeline import generation_stages
+    from raydbb.ddb.generate import generation_stages
 
     return generation_stages(cfg, CLASS_NAMES, fx.classifier, np.array([0.5, 0.5]) if tau is None else tau)
 
@@ -427,10 +427,10 @@ def pipeline_stages(cfg: RaydbbConfig, fx: Fixtures, tau: np.ndarray | None = No
 def run_pipeline(stages: list[Stage], rows: pd.DataFrame, engine: str, out: Path, manifest: bool = True,
                  block_rows: int | None = None) -> PipelineRun:
     """Stream ``rows`` through ``stages`` with ``engine`` (``ray``/``loop``) exactly as ``raydbb
-    generate`` does (:func:`raydbb.engine.pipeline.execute`, input blocks of ``block_rows`` or
+    generate`` does (:func:`raydbb.ddb.generate.execute`, input blocks of ``block_rows`` or
     the engine's default; the manifest writer when ``manifest``). ``out`` is emptied first."""
+    from raydbb.ddb.generate import execute
     from raydbb.engine.manifest import ManifestWriter
-    from raydbb.engine.pipeline import execute
 
     shutil.rmtree(out, ignore_errors=True)
     log(f"{engine}: {len(rows)} rows -> {out}")

@@ -62,7 +62,7 @@ from raydbb.models.threads import torch_threads
 COMMAND = "python -m benchmarks.engine_vs_loop"
 PASSES = ("select", "generate")
 SELECT_ROWS = 8_000  # images through the select pass (the training set repeated)
-# Variant -> (engine for raydbb.engine.pipeline.execute, generate.layout, torch threads in this
+# Variant -> (engine for raydbb.ddb.generate.execute, generate.layout, torch threads in this
 # process or None). The engine variants are named after their layout; the loops run the plain
 # stage list (what the pools layout hands the adapter).
 VARIANTS = {"loop": ("loop", "pools", None), "fused": ("ray", "fused", None), "pools": ("ray", "pools", None),
@@ -116,8 +116,8 @@ def measure(fx: Fixtures, *, n_sources: int = SOURCES, repeats: int = 1, profile
         raise ValueError(f"variants {variants} / passes {passes}: need loop and {engine_variant} (the "
                          "profile's layout), and generate")
     from raydbb.data.registry import load_records
+    from raydbb.ddb.generate import scoring_stages, source_rows
     from raydbb.engine.manifest import read_manifest
-    from raydbb.engine.pipeline import scoring_stages, source_rows
 
     work = Path(work or bench_dir() / "engine_vs_loop")
     cfgs = {v: bench_config(fx, work / "select", profile, inpaint_steps=inpaint_steps,

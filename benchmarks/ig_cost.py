@@ -9,7 +9,7 @@ Models: ResNet-50 at 224 px (random weights: speed and agreement only) and the d
 
 1. **Speed and agreement at 50 steps.** captum's ``IntegratedGradients(model).attribute(x', x,
    target=y', n_steps=50)`` with its defaults (Gauss–Legendre, all 50 points in one batch), one call
-   per image, then ``(attr.sum(channels) * m).sum()``; vs :func:`raydbb.engine.ig.path_ig_scores`
+   per image, then ``(attr.sum(channels) * m).sum()``; vs :func:`raydbb.ddb.ig.path_ig_scores`
    at 50 Gauss–Legendre steps (points of many images per forward/backward). Same images, model,
    threads, process.
 2. **Steps needed.** On the demo classifier, every (quadrature, steps) setting is scored against
@@ -105,7 +105,7 @@ def timed(fn, *args, **kwargs) -> tuple[Any, float]:
 
 def compare_at_50(model: torch.nn.Module, pairs: dict[str, Any], image_size: int, batch_size: int) -> dict:
     """captum per image vs raydbb batched, both at 50 Gauss–Legendre steps."""
-    from raydbb.engine.ig import path_ig_scores
+    from raydbb.ddb.ig import path_ig_scores
 
     log(f"IG at 50 steps: {len(pairs['targets'])} samples, image size {image_size}")
     x, x1, w = model_inputs(pairs, image_size, next(model.parameters()).device.type)
@@ -125,7 +125,7 @@ def agreement(scores: np.ndarray, reference: np.ndarray, delta: float) -> float:
 def step_study(model: torch.nn.Module, pairs: dict[str, Any], image_size: int, batch_size: int,
                methods: tuple[str, ...] = METHODS, grid: tuple[int, ...] = STEP_GRID) -> dict[str, Any]:
     """Agreement with the 50-step decisions and time of every (method, steps) setting."""
-    from raydbb.engine.ig import path_ig_scores
+    from raydbb.ddb.ig import path_ig_scores
 
     x, x1, w = model_inputs(pairs, image_size, next(model.parameters()).device.type)
     t = pairs["targets"]

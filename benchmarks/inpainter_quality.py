@@ -2,7 +2,7 @@
 
 DDB needs repaints of the causal region (the bird) that a classifier sees as the *target* class.
 This benchmark measures exactly that on the synthetic benchmark, through the same inpaint stage the
-engine runs (``raydbb.engine.stages.inpaint.InpaintStage``: per-row seeds, resize, paste-back):
+engine runs (``raydbb.ddb.stages.inpaint.InpaintStage``: per-row seeds, resize, paste-back):
 
 1. data: ``write_synthetic(seed=0)`` — the inpainter was trained on its *train* split; the gate
    uses its *test* split (never seen by the inpainter), balanced over the four groups, and, for
@@ -47,14 +47,14 @@ from benchmarks.common import (
     train_demo_classifier,
     update_results,
 )
-from raydbb.commands.demo import demo_config
 from raydbb.config import DataConfig, InpaintConfig, StageResources
+from raydbb.configs import demo_config
 from raydbb.data.images import read_image, read_mask, write_png_atomic
 from raydbb.data.registry import load_records
 from raydbb.data.synthetic import GENERATOR_VERSION, write_synthetic
+from raydbb.ddb.stages.inpaint import InpaintStage
+from raydbb.ddb.stages.mask import dilate_mask
 from raydbb.engine.stage import object_column
-from raydbb.engine.stages.inpaint import InpaintStage
-from raydbb.engine.stages.mask import dilate_mask
 from raydbb.models.checkpoint import load_classifier
 from raydbb.models.transforms import to_model_input
 

@@ -1,6 +1,6 @@
 """CelebA-sized streaming run: ``raydbb generate`` over 2 000 and 20 000 samples in bounded memory.
 
-The real ``raydbb generate`` step (:func:`raydbb.engine.pipeline.run_generate`: score every training
+The real ``raydbb generate`` step (:func:`raydbb.ddb.generate.run_generate`: score every training
 image -> select the majority proxies -> mask with the tiny GroundingDINO + SAM -> inpaint with a
 small SD-shaped pipeline -> prune with integrated gradients -> write images and the Parquet
 manifest) runs on a synthetic training set of N images, selecting half of them and painting two
@@ -89,7 +89,7 @@ def measure(fx: Fixtures, *, small: int = 2000, large: int = 20000, inpaint_step
     """Peak memory and throughput of ``raydbb generate`` at ``small`` and ``large`` samples.
 
     Ray must be up (:func:`benchmarks.common.local_ray`)."""
-    from raydbb.engine.pipeline import format_summary, run_generate
+    from raydbb.ddb.generate import format_summary, run_generate
 
     work = Path(work or bench_dir() / "streaming")
     result: dict[str, Any] = {"idle": snapshot(), "runs": {}, "profile": profile.name,

@@ -6,6 +6,7 @@ synthetic benchmark; the YAML files in ``jobs/configs/`` set the values for real
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -354,11 +355,12 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_trees(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, section by section (``extra`` wins on leaves)."""
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_trees(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -394,4 +396,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
         tree = loaded
-    return build_config(_merge(tree, parse_overrides(overrides)))
+    return build_config(merge_trees(tree, parse_overrides(overrides)))
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` plus positional ``section.field=value`` overrides on a command's parser."""
+    parser.add_argument("--config", help="YAML config file (defaults are used for missing fields)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.field=value",
+        help="override any config field, e.g. train.epochs=3 data.root=/data/waterbirds",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> RaydbbConfig:
+    """The config named by the arguments :func:`add_config_args` added."""
+    return load_config(args.config, args.overrides)

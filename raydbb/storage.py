@@ -16,6 +16,7 @@ metadata, ``~/.aws``); nothing here reads or stores them.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 import uuid
@@ -190,3 +191,8 @@ def delete(location: str | Path, filesystem: pafs.FileSystem | None = None) -> N
         res.filesystem.delete_file(res.path)
     elif kind == pafs.FileType.Directory:
         res.filesystem.delete_dir(res.path)
+
+
+def write_json(location: str | Path, data: object, filesystem: pafs.FileSystem | None = None) -> str:
+    """Write ``data`` as indented JSON, atomically (see :func:`write_bytes`)."""
+    return write_text(location, json.dumps(data, indent=2) + "\n", filesystem)

@@ -97,7 +97,7 @@ def _train_erm(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
 
 
 def _invert(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
-    from raydbb.textual_inversion import run_inversion
+    from raydbb.ddb.inversion.run import run_inversion
 
     results = run_inversion(cfg, progress=progress)
     for r in results:
@@ -106,7 +106,7 @@ def _invert(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
 
 
 def _generate(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
-    from raydbb.engine.pipeline import format_summary, run_generate
+    from raydbb.ddb.generate import format_summary, run_generate
 
     summary = run_generate(cfg, progress=progress)
     print(format_summary(summary))
@@ -114,7 +114,7 @@ def _generate(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
 
 
 def _retrain(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
-    from raydbb.retrain import run_retrain
+    from raydbb.ddb.retrain.run import run_retrain
 
     result = run_retrain(cfg, progress=progress)
     print(result.table())

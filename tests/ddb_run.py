@@ -3,7 +3,7 @@
 ``OUT/data``: the synthetic benchmark (32 px). ``OUT/erm``: a small_cnn trained by plain ERM (a
 short in-process loop: the Ray Train path is covered by test_erm.py). ``OUT/manifest``,
 ``OUT/images``, ``OUT/masks``: the generate step with perfect counterfactual repaints
-(:mod:`raydbb.oracle`: real selection, τ, prune stage and writer; the plain-loop engine), with
+(:mod:`raydbb.tools.oracle`: real selection, τ, prune stage and writer; the plain-loop engine), with
 every prune rule off, so the manifest keeps everything and records every score.
 """
 
@@ -42,7 +42,7 @@ def base_overrides(run: TinyRun, out: Path) -> list[str]:
 
 def oracle_generate(run: TinyRun, out: Path, delta: float, prob_rule: bool) -> RaydbbConfig:
     """The generate step with perfect counterfactuals and the given thresholds into ``out``."""
-    from raydbb.oracle import run_oracle_generate
+    from raydbb.tools.oracle import run_oracle_generate
 
     cfg = load_config(None, [*base_overrides(run, out), f"prune.delta={delta}",
                              f"prune.prob_rule={prob_rule}"])

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from raydbb.cli import main
-from raydbb.commands.demo import demo_config
 from raydbb.config import load_config
+from raydbb.configs import demo_config
 from raydbb.errors import ConfigError
 
 METRIC_KEYS = {"worst_group_accuracy", "worst_group", "average_accuracy", "weighted_average_accuracy",

@@ -13,12 +13,12 @@ import ray.cloudpickle
 
 from raydbb.config import StageResources
 from raydbb.data.images import read_image, read_mask, write_png_atomic
+from raydbb.ddb.generate import generate_samples, source_rows
+from raydbb.ddb.stages.expand import ExpandStage, make_sample_id
 from raydbb.engine.chain import ChainStage
 from raydbb.engine.manifest import read_manifest
-from raydbb.engine.pipeline import generate_samples, source_rows
 from raydbb.engine.seeds import derive_seed
 from raydbb.engine.stage import Batch, Stage, empty_image, empty_mask, object_column, pending_rows
-from raydbb.engine.stages.expand import ExpandStage, make_sample_id
 from raydbb.engine.stages.load import LoadStage
 from raydbb.engine.stages.write import WriteStage
 
@@ -192,7 +192,7 @@ def test_chain_concatenates_ragged_object_columns_and_passes_empty_batches() -> 
 
 def test_fused_layout_needs_gpus_when_its_stages_do(tmp_path) -> None:
     from raydbb.config import build_config
-    from raydbb.engine.pipeline import generation_stages
+    from raydbb.ddb.generate import generation_stages
     from raydbb.errors import ConfigError
 
     cfg = build_config({"out": str(tmp_path), "generate": {"layout": "fused"},

@@ -100,7 +100,7 @@ def test_example_configs_validate_and_fit_their_node(name) -> None:
     from pathlib import Path
 
     from raydbb.config import load_config
-    from raydbb.engine.select import class_quota
+    from raydbb.ddb.select import class_quota
 
     cfg = load_config(Path(__file__).parents[1] / "jobs" / "configs" / f"{name}.yaml")
     assert cfg.device == "cuda" and cfg.inpaint.dtype == "float16"

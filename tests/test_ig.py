@@ -8,7 +8,7 @@ import torch
 from captum.attr import IntegratedGradients
 from torch import nn
 
-from raydbb.engine.ig import mask_ig_scores, path_ig_scores, quadrature
+from raydbb.ddb.ig import mask_ig_scores, path_ig_scores, quadrature
 from raydbb.errors import ConfigError
 from raydbb.models.transforms import mask_to_model, to_model_input
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from raydbb.config import InpaintConfig, StageResources
+from raydbb.ddb.stages.inpaint import InpaintStage, fill_prompt
 from raydbb.engine.stage import empty_image, empty_mask, object_column
-from raydbb.engine.stages.inpaint import InpaintStage, fill_prompt
 from raydbb.errors import ConfigError, DataError
 from raydbb.models.small_sd import build_small_inpaint_pipeline
 

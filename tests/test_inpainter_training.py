@@ -16,11 +16,11 @@ from raydbb.config import DataConfig, InpaintConfig, StageResources
 from raydbb.data.images import read_image, read_mask
 from raydbb.data.registry import load_records
 from raydbb.data.synthetic import write_synthetic
+from raydbb.ddb.stages.inpaint import InpaintStage
+from raydbb.ddb.stages.mask import dilate_mask
 from raydbb.engine.stage import object_column
-from raydbb.engine.stages.inpaint import InpaintStage
-from raydbb.engine.stages.mask import dilate_mask
 from raydbb.errors import ConfigError, DataError
-from raydbb.inpainter_training import (
+from raydbb.tools.inpainter_training import (
     TRAINING_RECORD,
     InpainterSpec,
     sampling_weights,

@@ -13,19 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from raydbb.config import load_config
+from raydbb.ddb.inversion.model import InpaintModel, load_inpaint_model
+from raydbb.ddb.inversion.pool import PoolImage, prepare_pools
+from raydbb.ddb.inversion.run import invert_class, plan_jobs, run_inversion
+from raydbb.ddb.inversion.trainer import TokenTrainer
+from raydbb.ddb.tokens import load_learned_token, placeholder_token
 from raydbb.errors import ConfigError, DataError, RaydbbError
-from raydbb.textual_inversion import (
-    InpaintModel,
-    PoolImage,
-    TokenTrainer,
-    invert_class,
-    load_inpaint_model,
-    load_learned_token,
-    placeholder_token,
-    plan_jobs,
-    prepare_pools,
-    run_inversion,
-)
 
 CLASSES = ["landbird", "waterbird"]
 INIT = "{landbird: bird, waterbird: bird}"

@@ -8,8 +8,8 @@ import torch
 
 from raydbb.config import ClassifierConfig, MaskConfig, StageResources
 from raydbb.data.images import write_png_atomic
+from raydbb.ddb.stages.mask import MaskStage, degenerate_reason, dilate_mask
 from raydbb.engine.stage import empty_image, object_column
-from raydbb.engine.stages.mask import MaskStage, degenerate_reason, dilate_mask
 from raydbb.errors import ConfigError
 from raydbb.models.checkpoint import save_classifier
 from raydbb.models.classifier import build_classifier

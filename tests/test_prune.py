@@ -15,10 +15,10 @@ from captum.attr import IntegratedGradients
 
 from raydbb.commands import prune as prune_cmd
 from raydbb.config import ClassifierConfig, PruneConfig
+from raydbb.ddb.prune_rules import compute_tau, decide, load_tau
+from raydbb.ddb.stages.prune import PruneStage
 from raydbb.engine.manifest import ManifestWriter, manifest_columns, part_files, read_manifest
-from raydbb.engine.prune_rules import compute_tau, decide, load_tau
 from raydbb.engine.stage import empty_image, empty_mask, object_column
-from raydbb.engine.stages.prune import PruneStage
 from raydbb.errors import ConfigError, DataError
 from raydbb.models.checkpoint import load_classifier, save_classifier
 from raydbb.models.classifier import build_classifier

@@ -16,10 +16,10 @@ import pytest
 from raydbb.cli import main
 from raydbb.config import RaydbbConfig
 from raydbb.data.images import write_png_atomic
+from raydbb.ddb.report import SECTIONS, pick_samples, prune_counts, read_run, render_report, write_report
+from raydbb.ddb.select import write_tau
 from raydbb.engine.manifest import ManifestWriter, manifest_columns
-from raydbb.engine.select import write_tau
 from raydbb.errors import DataError
-from raydbb.report import SECTIONS, pick_samples, prune_counts, read_run, render_report, write_report
 from raydbb.training.metrics import group_metrics
 
 GROUPS = ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]

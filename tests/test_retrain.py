@@ -13,15 +13,10 @@ import torch
 from ddb_run import CLASSES, base_overrides, build_tiny_run, oracle_generate
 
 from raydbb.cli import main
+from raydbb.ddb.retrain.loss import RepaintWeightedLoss, per_class_values
+from raydbb.ddb.retrain.repaints import RepaintChoice, candidate_repaints, select_repaints
 from raydbb.engine.manifest import read_manifest
 from raydbb.errors import ConfigError
-from raydbb.retrain import (
-    RepaintChoice,
-    RepaintWeightedLoss,
-    candidate_repaints,
-    per_class_values,
-    select_repaints,
-)
 
 # ---------------------------------------------------------------- the loss, by hand
 # Two classes. Logits [0, 0] give p = (1/2, 1/2); logits [ln 3, 0] give p = (3/4, 1/4). So

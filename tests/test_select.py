@@ -10,7 +10,7 @@ import pytest
 
 from raydbb.config import ClassifierConfig, SelectConfig
 from raydbb.data.records import RecordSet, make_frame
-from raydbb.engine.select import (
+from raydbb.ddb.select import (
     class_quota,
     class_tau,
     read_tau,
@@ -116,8 +116,8 @@ def test_val_minority_needs_spurious_labels() -> None:
 def test_score_stage_gives_per_sample_cross_entropy(tmp_path) -> None:
     import torch
 
+    from raydbb.ddb.stages.score import ScoreStage
     from raydbb.engine.stage import empty_image, object_column
-    from raydbb.engine.stages.score import ScoreStage
     from raydbb.models.checkpoint import save_classifier
     from raydbb.models.classifier import build_classifier
     from raydbb.models.transforms import to_model_input

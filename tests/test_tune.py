@@ -12,8 +12,8 @@ from ddb_run import CLASSES, base_overrides, build_tiny_run
 
 from raydbb.cli import main
 from raydbb.config import load_config
-from raydbb.retrain import HeadParams
-from raydbb.tune import BEST_FILE, TRIALS_FILE, best_config, delta_candidates, params_from_trial
+from raydbb.ddb.retrain.head import HeadParams
+from raydbb.ddb.tune import BEST_FILE, TRIALS_FILE, best_config, delta_candidates, params_from_trial
 
 
 def test_delta_candidates_join_explicit_values_the_config_and_score_quantiles():

@@ -11,19 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from raydbb.assets import synthetic_inpainter_available, synthetic_inpainter_path
-from raydbb.config import RaydbbConfig, _merge, build_config, parse_overrides
+from raydbb.assets import synthetic_inpainter_available
+from raydbb.config import RaydbbConfig, parse_overrides
+from raydbb.configs import demo_config
 from raydbb.errors import ConfigError, RaydbbError
 from raydbb.ids import safe_join
-
-DEMO_CONFIG = "demo.yaml"
-FAST_CONFIG = "demo_fast.yaml"
 
 HELP = """\
 Run Diffusion Driven Balancing end to end on the embedded synthetic benchmark (landbirds and
@@ -57,35 +52,6 @@ Examples:
 """
 
 
-def _packaged(name: str) -> dict[str, Any]:
-    text = resources.files("raydbb").joinpath("configs", name).read_text()
-    tree = yaml.safe_load(text) or {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"packaged config {name}: expected a mapping")
-    return tree
-
-
-def demo_config(out: str | Path, seed: int = 0, train_correlation: float | None = None, fast: bool = False,
-                overrides: list[str] | None = None) -> RaydbbConfig:
-    """The demo's config: ``demo.yaml`` (+ ``demo_fast.yaml``), then the run's values, then overrides.
-
-    The run's values: ``out``, ``data.root = OUT/data``, ``seed`` for the run, the data, training
-    and textual inversion, ``data.synthetic.train_correlation`` when given, and ``inpaint.model``
-    = the shipped synthetic inpainter unless the config names another.
-    """
-    tree = _packaged(DEMO_CONFIG)
-    if fast:
-        tree = _merge(tree, _packaged(FAST_CONFIG))
-    run: dict[str, Any] = {"out": str(out), "seed": seed, "data": {"root": str(Path(out) / "data")},
-                           "train": {"seed": seed}, "invert": {"seed": seed}}
-    if train_correlation is not None:
-        run["data"]["synthetic"] = {"train_correlation": train_correlation}
-    tree = _merge(_merge(tree, run), parse_overrides(overrides))
-    if not tree.get("inpaint", {}).get("model") and synthetic_inpainter_available():
-        tree = _merge(tree, {"inpaint": {"model": str(synthetic_inpainter_path())}})
-    return build_config(tree)
-
-
 def has_inpainter(overrides: list[str] | None) -> bool:
     """Whether the demo has an inpainting model: the shipped one, or one named on the command line."""
     return synthetic_inpainter_available() or bool(parse_overrides(overrides).get("inpaint", {}).get("model"))
@@ -104,7 +70,7 @@ def run_erm_only(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
 
 
 def _report(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
-    from raydbb.report import write_report
+    from raydbb.ddb.report import write_report
 
     path = write_report(cfg.out)
     print(f"  report: {path}")
@@ -113,7 +79,7 @@ def _report(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
 
 def report_step():
     """The demo's last step: ``OUT/report.html`` (re-made whenever an earlier step ran again)."""
-    from raydbb.report import REPORT_FILE
+    from raydbb.ddb.report import REPORT_FILE
     from raydbb.workflow import Step
 
     return Step("report", "self-contained HTML report -> OUT/report.html", ("prune", "retrain"), _report,
@@ -134,7 +100,7 @@ def run_demo(cfg: RaydbbConfig, progress: bool = True) -> dict[str, Any]:
 
 def comparison(metrics: dict[str, Any]) -> str:
     """The ERM and DDB group tables side by side, and one closing line with the test numbers."""
-    from raydbb.retrain import format_comparison
+    from raydbb.ddb.retrain.run import format_comparison
 
     erm, ddb = metrics["erm"], metrics["ddb"]
     lines = [format_comparison(erm, ddb, title="ERM vs DDB on the synthetic benchmark (accuracy in %)")]

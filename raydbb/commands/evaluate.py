@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from raydbb.commands import add_config_args, config_from_args
-from raydbb.config import DATASETS
+from raydbb.config import DATASETS, add_config_args, config_from_args
 
 HELP = """\
 Evaluate a checkpoint folder (model.safetensors + classifier.json, as written by train-erm) on a

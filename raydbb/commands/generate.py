@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from raydbb.commands import add_config_args, config_from_args
+from raydbb.config import add_config_args, config_from_args
 
 HELP = """\
 Generate counterfactual training images (DDB steps 1, 4, 5, 6) into the run folder `out`:
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raydbb.engine.pipeline import format_summary, run_generate
+    from raydbb.ddb.generate import format_summary, run_generate
 
     cfg = config_from_args(args)
     summary = run_generate(cfg, engine=args.engine, progress=not args.no_progress)

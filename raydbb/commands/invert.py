@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from raydbb.commands import add_config_args, config_from_args
+from raydbb.config import add_config_args, config_from_args
 
 HELP = """\
 Learn one placeholder token per class (e.g. <waterbird-causal>) on the class's token pool with the
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from raydbb.textual_inversion import run_inversion
+    from raydbb.ddb.inversion.run import run_inversion
 
     cfg = config_from_args(args)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from raydbb.ddb.report import write_report
     from raydbb.errors import ConfigError
-    from raydbb.report import write_report
 
     if args.samples < 0:
         raise ConfigError(f"--samples {args.samples}: expected a count >= 0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from raydbb.commands import add_config_args, config_from_args
+from raydbb.config import add_config_args, config_from_args
 
 HELP = """\
 Retrain the classifier on the original training split plus the kept repaints of a raydbb
@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raydbb.retrain import fast_retrain, run_retrain
+    from raydbb.ddb.retrain.head import fast_retrain
+    from raydbb.ddb.retrain.run import run_retrain
 
     cfg = config_from_args(args)
     retrain = fast_retrain if args.fast else run_retrain

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from raydbb.commands import add_config_args
+from raydbb.config import add_config_args
 from raydbb.errors import ConfigError, RaydbbError
 
 JOB_STEPS = ("pipeline", "synth", "train_erm", "invert", "generate", "retrain", "evaluate")

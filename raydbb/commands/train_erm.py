@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from raydbb.commands import add_config_args, config_from_args
+from raydbb.config import add_config_args, config_from_args
 
 HELP = """\
 Train the ERM classifier on the training split (no group labels used for training), validate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from raydbb.inpainter_training import InpainterSpec
+from raydbb.tools.inpainter_training import InpainterSpec
 
 HELP = """\
 Train a small Stable-Diffusion-2-shaped inpainting model (AutoencoderKL, 9-channel UNet, CLIP text
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from raydbb.config import DataConfig
     from raydbb.data.registry import load_records
     from raydbb.errors import ConfigError
-    from raydbb.inpainter_training import TRAINING_RECORD, train_inpainter
+    from raydbb.tools.inpainter_training import TRAINING_RECORD, train_inpainter
 
     if args.threads < 1:
         raise ConfigError(f"--threads={args.threads}: expected an integer >= 1")

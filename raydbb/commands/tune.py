@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from raydbb.commands import add_config_args, config_from_args
+from raydbb.config import add_config_args, config_from_args
 
 HELP = """\
 Search the retraining choices of DDB with Ray Tune, without regenerating anything:
@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raydbb.retrain import run_retrain
-    from raydbb.tune import format_trials, run_tune
+    from raydbb.ddb.retrain.run import run_retrain
+    from raydbb.ddb.tune import format_trials, run_tune
 
     cfg = config_from_args(args)
     result = run_tune(cfg, args.manifest, progress=not args.no_progress)

@@ -18,7 +18,7 @@ from raydbb.errors import RaydbbError
 
 def build_parser(step: str | None) -> argparse.ArgumentParser:
     """Arguments of one entrypoint; ``step=None`` is the whole pipeline."""
-    from raydbb.commands import add_config_args
+    from raydbb.config import add_config_args
 
     what = "every pipeline step, in order," if step is None else f"the {step} step"
     parser = argparse.ArgumentParser(
@@ -41,7 +41,7 @@ def main(step: str | None = None, argv: list[str] | None = None) -> int:
     """Entry of ``python -m raydbb.jobs.<step>``; returns the process exit code."""
     args = build_parser(step).parse_args(argv)
     try:
-        from raydbb.commands import config_from_args
+        from raydbb.config import config_from_args
         from raydbb.workflow import run_steps
 
         cfg = config_from_args(args)

@@ -92,7 +92,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _selection_key(metrics: dict[str, Any]) -> tuple[float, float]:
+def selection_key(metrics: dict[str, Any]) -> tuple[float, float]:
     """Validation worst-group accuracy, ties broken by average accuracy.
 
     Without group labels there is no worst group; the average accuracy decides alone.
@@ -157,7 +157,7 @@ def _build_model(spec: FitSpec):
     return build_classifier(spec.classifier, len(spec.class_names))
 
 
-def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -201,7 +201,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     model = ray.train.torch.prepare_model(model)
-    optimizer = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     seed_everything(cfg.seed + 1000 * rank)  # distinct augmentation streams per rank
 
     dataset = ImageRecords(train_frame, TrainTransform(image_size, cfg.augment))
@@ -237,7 +237,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             raise RaydbbError(f"training diverged in epoch {epoch} (loss {train_loss}); lower train.lr")
 
         val = _sharded_metrics(model, val_frame, spec, image_size, device, rank, world)
-        key = _selection_key(val)
+        key = selection_key(val)
         selected = best_key is None or key > best_key
         if selected:
             best_key, best_val, best_epoch = key, val, epoch

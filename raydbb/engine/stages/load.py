@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from raydbb.data.images import read_image
 from raydbb.engine.stage import Batch, Stage, empty_image, num_rows, object_column
 from raydbb.errors import DataError
 
-#: Columns a source row must carry into the pipeline (see :func:`raydbb.engine.pipeline.source_rows`).
+#: Columns a source row must carry into the pipeline (see :func:`source_rows`).
 SOURCE_COLUMNS = ("source_id", "source_path", "source_label", "split", "dataset_mask_path")
+
+
+def source_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Record rows (the readers' common schema) as pipeline source rows (:data:`SOURCE_COLUMNS`)."""
+    return pd.DataFrame({
+        "source_id": frame["sample_id"].astype(str).to_numpy(dtype=object),
+        "source_path": frame["path"].astype(str).to_numpy(dtype=object),
+        "source_label": frame["label"].to_numpy(dtype=np.int64),
+        "split": frame["split"].astype(str).to_numpy(dtype=object),
+        "dataset_mask_path": np.array(["" if m is None or pd.isna(m) else str(m) for m in frame["mask"]],
+                                      dtype=object),
+    })
 
 
 class LoadStage(Stage):

@@ -53,8 +53,8 @@ from tqdm import tqdm
 from raydbb.config import INVERT_TEMPLATES
 from raydbb.data.images import read_image, read_mask
 from raydbb.data.records import UNKNOWN, RecordSet
-from raydbb.engine.stages.inpaint import fill_prompt
-from raydbb.engine.stages.mask import dilate_mask
+from raydbb.ddb.stages.inpaint import fill_prompt
+from raydbb.ddb.stages.mask import dilate_mask
 from raydbb.errors import ConfigError, DataError
 from raydbb.models.small_sd import SmallSDSizes, build_clip_tokenizer, make_small_inpaint_pipeline
 from raydbb.models.transforms import mask_to_model, to_model_input

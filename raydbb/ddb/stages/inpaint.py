@@ -92,7 +92,7 @@ class InpaintStage(Stage):
         self.tokens: dict[int, str] = {}
         self._token_files: dict[int, Path] = {}
         if cfg.tokens_dir is not None:
-            from raydbb.textual_inversion import load_learned_token
+            from raydbb.ddb.tokens import load_learned_token
 
             for label, name in enumerate(self.class_names):
                 token, path = load_learned_token(cfg.tokens_dir, name)

@@ -9,7 +9,7 @@ recorded, ``prune`` thresholds applied), the PNG writer and the Parquet manifest
 ``raydbb retrain`` and ``raydbb tune`` run on its output exactly as on a diffusion run, and the
 result bounds what retraining can gain on this benchmark when the repaints are perfect.
 
-    python -m raydbb.oracle --config jobs/configs/synthetic.yaml [section.field=value ...]
+    python -m raydbb.tools.oracle --config jobs/configs/synthetic.yaml [section.field=value ...]
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from raydbb.config import RaydbbConfig, StageResources
+from raydbb.ddb.generate import Repainter, format_summary, run_generate
+from raydbb.ddb.stages.expand import ExpandStage
 from raydbb.engine.stage import Batch, Stage, empty_image, empty_mask, num_rows, object_column, pending_rows
 from raydbb.errors import DataError, RaydbbError
 
@@ -72,72 +75,34 @@ class CounterfactualStage(Stage):
                 "inpaint_model": np.full(n, ORACLE_MODEL, dtype=object)}
 
 
-def run_oracle_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool = True) -> dict[str, Any]:
-    """The generate step with perfect counterfactuals into ``cfg.out`` (see the module docstring)."""
-    from raydbb.data.registry import load_records
+def oracle_repainter(cfg: RaydbbConfig, class_names: list[str], sources: pd.DataFrame,
+                     ckpt: Path) -> Repainter:
+    """The generate step's repainter with perfect counterfactuals: expand, then redraw each source
+    with the target class's bird (one variant: the redraw is deterministic)."""
     from raydbb.data.synthetic import PARAMS_FILE
-    from raydbb.engine.pipeline import (
-        SELECT_DIR,
-        classifier_dir,
-        generate_samples,
-        score_training_set,
-        source_rows,
-    )
-    from raydbb.engine.select import class_tau, select_majority, write_tau
-    from raydbb.engine.stages.expand import ExpandStage
-    from raydbb.engine.stages.load import LoadStage
-    from raydbb.engine.stages.prune import PruneStage
-    from raydbb.engine.stages.write import WriteStage
 
     params_file = Path(cfg.data.root) / PARAMS_FILE
     if cfg.data.name != "synthetic" or not params_file.is_file():
         raise RaydbbError(f"data.root={cfg.data.root}: perfect counterfactuals need the synthetic benchmark "
                           f"(data.name=synthetic and {PARAMS_FILE} in the folder)")
     params = json.loads(params_file.read_text())
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(out / "generate_config.yaml")  # raydbb prune reads its defaults from here
-    records = load_records(cfg.data)
-    ckpt = classifier_dir(cfg)
-    if engine == "ray":
-        from raydbb.ray_utils import init_ray
+    columns = (sources["sample_id"], sources["path"], sources["spurious"])
+    index = {str(sid): (synthetic_index(path), int(sp)) for sid, path, sp in zip(*columns, strict=True)}
+    return Repainter([ExpandStage(class_names, 1, cfg.seed, cfg.generate.io),
+                      CounterfactualStage(index, params["seed"], params["size"], cfg.mask.resources)], 1)
 
-        init_ray(cfg.ray)
-    scores = score_training_set(cfg, records, ckpt, engine, progress)
-    tau = class_tau(scores, records.num_classes)
-    write_tau(out, records.class_names, tau, str(ckpt))
-    selected = select_majority(scores, records.class_names, cfg.select)
-    (out / SELECT_DIR).mkdir(parents=True, exist_ok=True)
-    selected.to_csv(out / SELECT_DIR / "selected.csv", index=False)
-    frame = records.frame.set_index("sample_id").loc[selected["sample_id"]].reset_index()
-    sources = {str(sid): (synthetic_index(path), int(sp))
-               for sid, path, sp in zip(frame["sample_id"], frame["path"], frame["spurious"], strict=True)}
-    io = cfg.generate.io
-    stages = [
-        LoadStage(io),
-        ExpandStage(records.class_names, 1, cfg.seed, io),
-        CounterfactualStage(sources, params["seed"], params["size"], cfg.mask.resources),
-        PruneStage(cfg.prune, classifier_dir=str(ckpt), tau=tau),
-        WriteStage(cfg.out, {"classifier": str(ckpt)}, io),
-    ]
-    summary = generate_samples(source_rows(frame), stages, out, class_names=records.class_names, n_variants=1,
-                               engine=engine, rows_per_part=cfg.generate.manifest_rows_per_part,
-                               flush_seconds=cfg.generate.flush_seconds, progress=progress)
-    summary["scored"] = len(scores)
-    summary["unreadable_train_images"] = int((~np.isfinite(scores["loss"].to_numpy(dtype=float))).sum())
-    summary["selected"] = {name: int((selected["label"] == y).sum())
-                           for y, name in enumerate(records.class_names)}
-    summary["tau"] = {name: float(t) for name, t in zip(records.class_names, tau, strict=True)}
-    return summary
+
+def run_oracle_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool = True) -> dict[str, Any]:
+    """The generate step with perfect counterfactuals into ``cfg.out`` (see the module docstring)."""
+    return run_generate(cfg, engine, progress, repainter=oracle_repainter)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m raydbb.oracle --config FILE [overrides]``."""
-    from raydbb.commands import add_config_args, config_from_args
-    from raydbb.engine.pipeline import format_summary
+    """``python -m raydbb.tools.oracle --config FILE [overrides]``."""
+    from raydbb.config import add_config_args, config_from_args
 
     parser = argparse.ArgumentParser(
-        prog="python -m raydbb.oracle",
+        prog="python -m raydbb.tools.oracle",
         description="raydbb generate on the synthetic benchmark with perfect counterfactual repaints "
                     "(the other bird, same background and pose) instead of mask + inpaint.")
     add_config_args(parser)

@@ -5,9 +5,9 @@ For each pending row (source x of class y, repaint x' for target y', mask m) it 
 * ``p_source`` = softmax(f(x'))_y and ``p_target`` = softmax(f(x'))_y',
 * ``tau`` = τ_y (mean p_y over all training images of class y, computed before generation),
 * ``ig_score`` = integrated gradients of logit y' from x to x', summed over m
-  (:func:`raydbb.engine.ig.path_ig_scores` on the same preprocessed tensors),
+  (:func:`raydbb.ddb.ig.path_ig_scores` on the same preprocessed tensors),
 
-and then ``prune_reason`` / ``kept`` from :func:`raydbb.engine.prune_rules.decide`. All scores are
+and then ``prune_reason`` / ``kept`` from :func:`raydbb.ddb.prune_rules.decide`. All scores are
 computed even when the probability rule already drops the row, so ``raydbb prune --manifest``
 can re-apply other thresholds without regenerating. Rows decided upstream (``no_mask``,
 ``error:...``) pass through with NaN scores and ``kept=False``. A pending row without a usable
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from raydbb.config import PruneConfig
-from raydbb.engine.prune_rules import KEPT, decide
+from raydbb.ddb.prune_rules import KEPT, decide
 from raydbb.engine.stage import Batch, Stage, is_empty, num_rows, pending_rows
 from raydbb.errors import ConfigError
 
@@ -94,7 +94,7 @@ class PruneStage(Stage):
     def __call__(self, batch: Batch) -> Batch:
         import torch
 
-        from raydbb.engine.ig import path_ig_scores
+        from raydbb.ddb.ig import path_ig_scores
         from raydbb.models.transforms import mask_to_model, to_model_input
 
         if self.model is None:

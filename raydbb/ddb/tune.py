@@ -1,9 +1,9 @@
 """``raydbb tune``: Ray Tune over the prune thresholds, repaint shares, λ_c and lr of DDB retraining.
 
-Every trial is a fast-mode retraining (:func:`raydbb.retrain.fit_head`): the linear head trained
-on backbone features computed once (:func:`raydbb.retrain.build_feature_cache`) and shared with
+Every trial is a fast-mode retraining (:func:`raydbb.ddb.retrain.head.fit_head`): the linear head trained
+on backbone features computed once (:func:`raydbb.ddb.retrain.head.build_feature_cache`) and shared with
 all trials through Ray's object store (``tune.with_parameters``). Thresholds are re-applied to the
-scores stored in the manifest (:func:`raydbb.retrain.select_repaints`), so no trial regenerates or
+scores stored in the manifest (:func:`raydbb.ddb.retrain.repaints.select_repaints`), so no trial regenerates or
 re-scores an image. Trials report validation numbers after every epoch and ASHA stops the
 unpromising ones; the search stops after ``tune.num_samples`` trials or ``tune.time_budget_s``.
 
@@ -33,16 +33,10 @@ import numpy as np
 import pandas as pd
 
 from raydbb.config import RaydbbConfig, TrainConfig
+from raydbb.ddb.retrain.head import FeatureCache, HeadParams, build_feature_cache, fit_head
+from raydbb.ddb.retrain.repaints import RepaintChoice
+from raydbb.ddb.retrain.run import describe_inputs, load_inputs
 from raydbb.errors import DataError, RaydbbError
-from raydbb.retrain import (
-    FeatureCache,
-    HeadParams,
-    RepaintChoice,
-    build_feature_cache,
-    describe_inputs,
-    fit_head,
-    load_inputs,
-)
 
 TUNE_DIR = "tune"
 BEST_FILE = "best.yaml"
@@ -81,7 +75,7 @@ def search_space(cfg: RaydbbConfig, cache: FeatureCache) -> dict[str, Any]:
 
 
 def params_from_trial(config: dict[str, Any], class_names: list[str]) -> HeadParams:
-    """The :class:`~raydbb.retrain.HeadParams` of one sampled trial configuration."""
+    """The :class:`~raydbb.ddb.retrain.head.HeadParams` of one sampled trial configuration."""
     choice = RepaintChoice("config", float(config["delta"]), bool(config["prob_rule"]),
                            tuple(float(config["keep_fraction"][c]) for c in class_names))
     return HeadParams(choice, tuple(float(config["lambda"][c]) for c in class_names), float(config["lr"]))

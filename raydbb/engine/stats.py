@@ -1,0 +1,85 @@
+"""Run statistics of one streaming pass: rows written, kept, skip/prune reasons, per-stage timing.
+
+Stages report their busy time per row in ``t_<stage>`` columns (:func:`raydbb.engine.stage.timed_call`);
+:class:`RunStats` adds them up on the driver, so the figures are per actor while busy, whatever the
+layout or the number of actors.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raydbb.engine.stage import Batch, num_rows
+
+
+class RunStats:
+    """Counts and stage timings accumulated over the output batches of a pass (``stage_order``:
+    stage names in running order, for the summary)."""
+
+    def __init__(self, stage_order: list[str]) -> None:
+        self.order = {name: i for i, name in enumerate(stage_order)}
+        self.start = time.perf_counter()
+        self.wall = 0.0
+        self.written = self.generated = self.kept = 0
+        self.reasons: dict[str, int] = {}
+        self.stage_time: dict[str, list[float]] = {}
+        self.parts: list[Path] = []
+
+    def add(self, batch: Batch) -> int:
+        """Account for one batch of manifest rows; returns its number of rows."""
+        n = num_rows(batch)
+        self.written += n
+        self.generated += int(sum(1 for p in batch["image_path"] if p))
+        self.kept += int(np.sum(batch["kept"]))
+        for reason in batch["prune_reason"]:
+            self.reasons[str(reason)] = self.reasons.get(str(reason), 0) + 1
+        for key, col in batch.items():
+            if key.startswith("t_"):
+                acc = self.stage_time.setdefault(key[2:], [0.0, 0])
+                acc[0] += float(np.nansum(col))
+                acc[1] += int(np.isfinite(col).sum())
+        return n
+
+    def finish(self, parts: list[Path]) -> None:
+        """Stop the clock; ``parts`` are the manifest files written."""
+        self.wall = time.perf_counter() - self.start
+        self.parts = list(parts)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable figures (see :func:`format_stats`)."""
+        wall = self.wall
+        return {
+            "written": self.written,
+            "generated": self.generated,
+            "kept": self.kept,
+            "pruned": {r: c for r, c in sorted(self.reasons.items()) if r != "kept"},
+            "wall_s": wall,
+            "samples_per_s": self.written / wall if wall > 0 and self.written else 0.0,
+            "stages": {name: {"s_per_row": t / n if n else float("nan"),
+                              "rows_per_busy_s": n / t if t > 0 else float("nan")}
+                       for name, (t, n) in sorted(self.stage_time.items(),
+                                                  key=lambda kv: self.order.get(kv[0], 99))},
+            "manifest_parts": [str(p) for p in self.parts],
+        }
+
+
+def format_stats(summary: dict[str, Any]) -> list[str]:
+    """Summary lines for the figures of :meth:`RunStats.summary`."""
+    pruned = ", ".join(f"{k} {v}" for k, v in summary["pruned"].items()) or "none"
+    lines = [
+        f"  written this run   {summary['written']} in {summary['wall_s']:.1f} s "
+        f"({summary['samples_per_s']:.2f} samples/s)",
+        f"  generated images   {summary['generated']}",
+        f"  kept               {summary['kept']}",
+        f"  pruned / skipped   {pruned}",
+    ]
+    if summary["stages"]:
+        lines.append("  stage throughput (per actor, while busy; rows before expand are sources):")
+        for name, st in summary["stages"].items():
+            lines.append(f"    {name:<10} {st['s_per_row'] * 1000:9.1f} ms/row  "
+                         f"{st['rows_per_busy_s']:9.2f} rows/s")
+    return lines
