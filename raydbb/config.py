@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,14 +18,22 @@ from raydbb.errors import ConfigError
 DATASETS = ("waterbirds", "celeba", "metashift", "csv", "synthetic")
 
 
+RESOURCE = {"resource": True}
+"""``json_schema_extra`` of a field that only decides how fast or where a step runs, not what it computes."""
+
+
 class Section(BaseModel):
     """Base for config sections: unknown fields are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    resource_section: ClassVar[bool] = False
+    """True for sections made only of resource settings (every field a :data:`RESOURCE`)."""
 
 
 class StageResources(Section):
     """How a generation stage maps onto Ray: actor pool size, per-actor resources, batch sizes."""
+
+    resource_section: ClassVar[bool] = True
 
     actors: int = Field(1, ge=1, description="actors in the pool (fixed size)")
     num_cpus: float = Field(1.0, ge=0, description="logical CPUs per actor")
@@ -86,14 +94,17 @@ class TrainConfig(Section):
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     augment: bool = True
-    num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 = local mode, in the driver")
-    cpus_per_worker: float = Field(1.0, gt=0)
-    use_gpu: bool = False
-    loader_workers: int = Field(0, ge=0, description="torch DataLoader processes per Ray worker")
+    num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 = local mode, in the driver",
+                             json_schema_extra=RESOURCE)
+    cpus_per_worker: float = Field(1.0, gt=0, json_schema_extra=RESOURCE)
+    use_gpu: bool = Field(False, json_schema_extra=RESOURCE)
+    loader_workers: int = Field(0, ge=0, description="torch DataLoader processes per Ray worker",
+                                json_schema_extra=RESOURCE)
     seed: int = 0
 
 
 class RayConfig(Section):
+    resource_section: ClassVar[bool] = True
     address: str | None = Field(None, description="Ray cluster address; None = RAY_ADDRESS or local")
     num_cpus: int | None = Field(None, ge=1, description="logical CPUs for a local ray.init")
     object_store_memory: int | None = Field(None, ge=75 * 1024 * 1024)
@@ -131,8 +142,10 @@ class GenerateConfig(Section):
     block_rows: int | None = Field(
         None, ge=1, description="source rows per Ray Data block; None = auto (small runs: many small "
         "blocks so stages overlap; large runs: up to 64 rows, bounding per-block scheduling overhead)")
-    manifest_rows_per_part: int = Field(2000, ge=1, description="rows per manifest Parquet part")
-    flush_seconds: float = Field(60.0, gt=0, description="write a manifest part at least this often")
+    manifest_rows_per_part: int = Field(2000, ge=1, description="rows per manifest Parquet part",
+                                        json_schema_extra=RESOURCE)
+    flush_seconds: float = Field(60.0, gt=0, description="write a manifest part at least this often",
+                                 json_schema_extra=RESOURCE)
     layout: Literal["pools", "fused"] = Field(
         "pools", description="pools: one actor pool per model stage (mask, inpaint, prune: each its "
         "own GPUs, batch sizes, pool size); fused: one pool whose actors each hold every model and run "
@@ -227,8 +240,9 @@ class InvertConfig(Section):
     checkpoint_every: int = Field(500, ge=1, description="steps between resumable checkpoints")
     seed: int = 0
     num_gpus: float | None = Field(
-        None, ge=0, description="GPUs per class task; None = 1 if device=cuda else 0")
-    num_cpus: float = Field(1.0, gt=0, description="logical CPUs per class task")
+        None, ge=0, description="GPUs per class task; None = 1 if device=cuda else 0",
+        json_schema_extra=RESOURCE)
+    num_cpus: float = Field(1.0, gt=0, description="logical CPUs per class task", json_schema_extra=RESOURCE)
 
     @model_validator(mode="after")
     def _templates_name_token_and_class(self) -> InvertConfig:
@@ -311,9 +325,9 @@ class TuneConfig(Section):
 class RaydbbConfig(Section):
     """A whole run. ``out`` is the run folder; everything the run writes lives under it."""
 
-    out: str = "runs/default"
+    out: str = Field("runs/default", json_schema_extra=RESOURCE)
     seed: int = 0
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Literal["cpu", "cuda"] = Field("cpu", json_schema_extra=RESOURCE)
     data: DataConfig = DataConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     train: TrainConfig = TrainConfig()
@@ -331,6 +345,21 @@ class RaydbbConfig(Section):
         """Write the fully resolved config (every default spelled out)."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+def resource_fields(model: type[Section] = RaydbbConfig, prefix: str = "") -> frozenset[str]:
+    """Dotted names of the fields and whole sections marked as resource settings (:data:`RESOURCE`,
+    :attr:`Section.resource_section`): changing them re-runs nothing."""
+    found: set[str] = set()
+    for name, info in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        kind = info.annotation if isinstance(info.annotation, type) else None
+        section = kind if kind and issubclass(kind, Section) else None
+        if info.json_schema_extra == RESOURCE or (section and section.resource_section):
+            found.add(dotted)
+        elif section:
+            found |= resource_fields(section, dotted + ".")
+    return frozenset(found)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -25,6 +25,11 @@ from pathlib import Path
 from raydbb.engine.manifest import IMAGES_DIR, MANIFEST_DIR, MASKS_DIR
 from raydbb.ids import safe_join, sanitize_id
 
+CONFIG_FILE = "config.yaml"
+STEPS_DIR = ".steps"
+STALE_DIR = ".stale"
+METRICS_FILE = "metrics.json"
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -40,15 +45,15 @@ class RunDir:
 
     @property
     def config(self) -> Path:
-        return self._p("config.yaml")
+        return self._p(CONFIG_FILE)
 
     @property
     def steps(self) -> Path:
-        return self._p(".steps")
+        return self._p(STEPS_DIR)
 
     @property
     def stale(self) -> Path:
-        return self._p(".stale")
+        return self._p(STALE_DIR)
 
     @property
     def erm(self) -> Path:
@@ -112,7 +117,7 @@ class RunDir:
 
     @property
     def metrics(self) -> Path:
-        return self._p("metrics.json")
+        return self._p(METRICS_FILE)
 
     @property
     def report(self) -> Path:

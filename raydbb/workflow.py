@@ -30,29 +30,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from raydbb import storage
-from raydbb.config import RaydbbConfig
+from raydbb.config import RaydbbConfig, resource_fields
 from raydbb.errors import ConfigError, RaydbbError
 from raydbb.ids import safe_join
+from raydbb.rundir import METRICS_FILE, RunDir
 
-STEPS_DIR = ".steps"
-STALE_DIR = ".stale"
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
-TOKENS_DIR = "tokens"
-
-# Checkpoints the evaluate step scores, by entry name in OUT/metrics.json -> folder under OUT.
+# Checkpoints the evaluate step scores, by entry name in OUT/metrics.json -> folder in the run.
 # "ddb" (the retrain step's) is scored when present: a run asked for only up to ERM has none.
-CHECKPOINTS: dict[str, str] = {"erm": "erm", "ddb": "ddb"}
+CHECKPOINTS: dict[str, Callable[[RunDir], Path]] = {"erm": lambda r: r.erm, "ddb": lambda r: r.ddb}
 OPTIONAL_CHECKPOINTS = frozenset({"ddb"})
-
-# Config fields that only decide how fast or where a step runs; changing them re-runs nothing.
-RESOURCE_FIELDS = frozenset({
-    "out", "device", "train.num_workers", "train.cpus_per_worker", "train.use_gpu", "train.loader_workers",
-    "invert.num_gpus", "invert.num_cpus", "generate.manifest_rows_per_part", "generate.flush_seconds",
-})
-RESOURCE_SECTIONS = ("ray", "generate.io")  # whole sections of resource settings
-RESOURCE_LEAF = "resources"  # every stage's StageResources (actors, GPUs, batch sizes)
-
 
 @dataclass(frozen=True)
 class Step:
@@ -131,14 +117,14 @@ def _evaluate(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
     records = load_records(cfg.data)
     doc: dict[str, Any] = {}
     for name, folder in CHECKPOINTS.items():
-        ckpt = safe_join(cfg.out, folder)
+        ckpt = folder(RunDir(cfg.out))
         if name in OPTIONAL_CHECKPOINTS and not (ckpt / "classifier.json").is_file():
             continue
         metrics = evaluate_checkpoint(ckpt, records, ("val", "test"), device=cfg.device, progress=progress)
         doc[name] = {**metrics, "run": {"checkpoint": str(ckpt), "dataset": records.name,
                                         "data_root": str(cfg.data.root)}}
         print(format_group_table(metrics, title=f"{name}: {ckpt} on {records.name}"))
-    storage.write_text(Path(cfg.out) / METRICS_FILE, json.dumps(doc, indent=2) + "\n")
+    storage.write_json(RunDir(cfg.out).metrics, doc)
     return {name: {split: m["worst_group_accuracy"] for split, m in entry.items() if split != "run"}
             for name, entry in doc.items()}
 
@@ -152,33 +138,32 @@ SYNTH = Step(
 TRAIN_ERM = Step(
     "train_erm", "train the ERM classifier, select on val worst-group accuracy -> OUT/erm",
     ("data", "classifier", "train"), _train_erm,
-    done_file=lambda c: safe_join(c.out, "erm", "classifier.json"),
-    outputs=lambda c: [safe_join(c.out, "erm")],
+    done_file=lambda c: RunDir(c.out).erm / "classifier.json",
+    outputs=lambda c: [RunDir(c.out).erm],
 )
 INVERT = Step(
     "invert", "token pool + one learned token per class (textual inversion) -> OUT/tokens",
     ("invert", "inpaint.model", "select", "mask", "generate.classifier", "seed"), _invert,
-    done_file=lambda c: safe_join(c.out, TOKENS_DIR),
-    outputs=lambda c: [safe_join(c.out, TOKENS_DIR), safe_join(c.out, "token_pool")],
+    done_file=lambda c: RunDir(c.out).tokens,
+    outputs=lambda c: [RunDir(c.out).tokens, RunDir(c.out).token_pool],
 )
 GENERATE = Step(
     "generate", "select, mask, inpaint, prune -> OUT/images, OUT/manifest",
     ("select", "mask", "inpaint", "prune", "generate", "seed"), _generate,
-    done_file=lambda c: safe_join(c.out, "manifest"),
-    outputs=lambda c: [safe_join(c.out, n) for n in ("manifest", "images", "masks", "select", "tau.json",
-                                                     "generate_config.yaml")],
+    done_file=lambda c: RunDir(c.out).manifest,
+    outputs=lambda c: RunDir(c.out).generated,
 )
 RETRAIN = Step(
     "retrain", "originals + kept repaints, λ-weighted loss, from the ERM weights -> OUT/ddb",
     ("data", "train", "retrain", "prune.delta", "prune.prob_rule"), _retrain,
-    done_file=lambda c: safe_join(c.out, "ddb", METRICS_FILE),
-    outputs=lambda c: [safe_join(c.out, "ddb")],
+    done_file=lambda c: RunDir(c.out).ddb / METRICS_FILE,
+    outputs=lambda c: [RunDir(c.out).ddb],
 )
 EVALUATE = Step(
     "evaluate", "group metrics of every checkpoint on val and test -> OUT/metrics.json",
     ("data",), _evaluate,
-    done_file=lambda c: safe_join(c.out, METRICS_FILE),
-    outputs=lambda c: [safe_join(c.out, METRICS_FILE)],
+    done_file=lambda c: RunDir(c.out).metrics,
+    outputs=lambda c: [RunDir(c.out).metrics],
 )
 ALL_STEPS: tuple[Step, ...] = (SYNTH, TRAIN_ERM, INVERT, GENERATE, RETRAIN, EVALUATE)
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in ALL_STEPS)
@@ -197,7 +182,7 @@ def resolve_config(cfg: RaydbbConfig) -> RaydbbConfig:
     """A copy of ``cfg`` with what the pipeline decides filled in: ``inpaint.tokens_dir`` = OUT/tokens."""
     resolved = cfg.model_copy(deep=True)
     if resolved.inpaint.tokens_dir is None:
-        resolved.inpaint.tokens_dir = str(Path(cfg.out) / TOKENS_DIR)
+        resolved.inpaint.tokens_dir = str(RunDir(cfg.out).tokens)
     return resolved
 
 
@@ -214,7 +199,7 @@ def pipeline_steps(cfg: RaydbbConfig) -> list[Step]:
         steps.append(SYNTH)
     steps.append(TRAIN_ERM)
     tokens = cfg.inpaint.tokens_dir
-    if tokens is None or Path(tokens).resolve() == (Path(cfg.out) / TOKENS_DIR).resolve():
+    if tokens is None or Path(tokens).resolve() == RunDir(cfg.out).tokens:
         steps.append(INVERT)
     steps += [GENERATE, RETRAIN, EVALUATE]
     return steps
@@ -230,9 +215,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _is_resource(key: str) -> bool:
-    parts = key.split(".")
-    return (key in RESOURCE_FIELDS or RESOURCE_LEAF in parts
-            or any(key == s or key.startswith(s + ".") for s in RESOURCE_SECTIONS))
+    return any(key == f or key.startswith(f + ".") for f in resource_fields())
 
 
 def step_inputs(step: Step, cfg: RaydbbConfig) -> dict[str, Any]:
@@ -253,7 +236,7 @@ def fingerprint(inputs: dict[str, Any], upstream: dict[str, str | None]) -> str:
 
 
 def _marker_path(out: str | Path, name: str) -> Path:
-    return Path(out) / STEPS_DIR / f"{name}.json"
+    return RunDir(out).steps / f"{name}.json"
 
 
 def read_marker(out: str | Path, name: str) -> dict[str, Any] | None:
@@ -295,7 +278,8 @@ def _archive(step: Step, cfg: RaydbbConfig) -> Path | None:
     existing = [p for p in step.outputs(cfg) if p.exists()]
     if not existing:
         return None
-    dest = safe_join(out, STALE_DIR, f"{time.strftime('%Y%m%d-%H%M%S')}-{step.name}-{uuid.uuid4().hex[:4]}")
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{step.name}-{uuid.uuid4().hex[:4]}"
+    dest = safe_join(RunDir(out).stale, name)
     for path in existing:
         target = dest / Path(path).resolve().relative_to(out)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -342,7 +326,7 @@ def run_steps(
     pipeline = pipeline_steps(cfg) if pipeline is None else pipeline
     wanted = _select(pipeline, steps)
     out.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(out / CONFIG_FILE)
+    cfg.to_yaml(RunDir(out).config)
 
     results: dict[str, dict[str, Any]] = {}
     upstream: dict[str, str | None] = {}
@@ -363,7 +347,7 @@ def run_steps(
             why = _why_changed(marker, inputs, upstream)
             if on_change == "refuse":
                 raise RaydbbError(f"step {step.name} in {out} is out of date: {why}; rerun with --on-change "
-                                  f"rerun (moves its outputs to {out / STALE_DIR}) or use another out")
+                                  f"rerun (moves its outputs to {RunDir(out).stale}) or use another out")
             moved = _archive(step, cfg)
             print(f"{head}: {why}; " + (f"old outputs moved to {moved}; " if moved else "") + "running again")
         print(f"{head}: {step.help}")

@@ -16,7 +16,8 @@ from raydbb.data.registry import load_records
 from raydbb.errors import ConfigError, DataError
 from raydbb.models.checkpoint import load_classifier, save_classifier
 from raydbb.models.classifier import build_classifier
-from raydbb.training.erm import FitSpec, _raise_worker_error, fit_classifier, train_erm
+from raydbb.training.erm import _raise_worker_error, fit_classifier, train_erm
+from raydbb.training.worker import FitSpec
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}  # the class: a square in the middle
 BACKGROUNDS = {"grass": (60, 160, 60), "sand": (200, 190, 120)}  # the spurious attribute

@@ -11,10 +11,8 @@ import pytest
 
 from raydbb.config import RaydbbConfig, load_config
 from raydbb.errors import ConfigError, RaydbbError
+from raydbb.rundir import CONFIG_FILE, STALE_DIR, STEPS_DIR
 from raydbb.workflow import (
-    CONFIG_FILE,
-    STALE_DIR,
-    STEPS_DIR,
     Step,
     pipeline_steps,
     read_marker,

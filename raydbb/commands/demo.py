@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from raydbb.assets import synthetic_inpainter_available
 from raydbb.config import RaydbbConfig, parse_overrides
 from raydbb.configs import demo_config
 from raydbb.errors import ConfigError, RaydbbError
-from raydbb.ids import safe_join
+from raydbb.rundir import RunDir
 
 HELP = """\
 Run Diffusion Driven Balancing end to end on the embedded synthetic benchmark (landbirds and
@@ -60,10 +59,10 @@ def has_inpainter(overrides: list[str] | None) -> bool:
 def run_erm_only(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
     """The steps that need no inpainter (synth, train_erm, evaluate); prints the ERM group table."""
     from raydbb.training.metrics import format_group_table
-    from raydbb.workflow import METRICS_FILE, run_steps
+    from raydbb.workflow import run_steps
 
     run_steps(cfg, steps=["synth", "train_erm", "evaluate"], progress=progress)
-    metrics = json.loads((Path(cfg.out) / METRICS_FILE).read_text())
+    metrics = json.loads(RunDir(cfg.out).metrics.read_text())
     erm = {split: metrics["erm"][split] for split in ("val", "test") if split in metrics["erm"]}
     print(format_group_table(erm, title="ERM on the synthetic benchmark (accuracy in %)"))
     return metrics
@@ -79,23 +78,21 @@ def _report(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
 
 def report_step():
     """The demo's last step: ``OUT/report.html`` (re-made whenever an earlier step ran again)."""
-    from raydbb.ddb.report import REPORT_FILE
     from raydbb.workflow import Step
 
     return Step("report", "self-contained HTML report -> OUT/report.html", ("prune", "retrain"), _report,
-                done_file=lambda c: safe_join(c.out, REPORT_FILE),
-                outputs=lambda c: [safe_join(c.out, REPORT_FILE)])
+                done_file=lambda c: RunDir(c.out).report, outputs=lambda c: [RunDir(c.out).report])
 
 
 def run_demo(cfg: RaydbbConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every step of the demo for ``cfg``; returns ``OUT/metrics.json``'s content."""
-    from raydbb.workflow import METRICS_FILE, pipeline_steps, run_steps
+    from raydbb.workflow import pipeline_steps, run_steps
 
     steps = pipeline_steps(cfg)
     if "retrain" not in [s.name for s in steps]:
         raise RaydbbError("this raydbb has no retrain step in its pipeline; the demo needs it")
     run_steps(cfg, pipeline=[*steps, report_step()], progress=progress)
-    return json.loads((Path(cfg.out) / METRICS_FILE).read_text())
+    return json.loads(RunDir(cfg.out).metrics.read_text())
 
 
 def comparison(metrics: dict[str, Any]) -> str:
@@ -139,9 +136,9 @@ def run(args: argparse.Namespace) -> int:
               "Build it with `raydbb train-inpainter`, or pass inpaint.model=DIR, to run DDB end to end.",
               file=sys.stderr)
         run_erm_only(cfg, progress=not args.no_progress)
-        print(f"metrics: {Path(cfg.out) / 'metrics.json'}")
+        print(f"metrics: {RunDir(cfg.out).metrics}")
         return 0
     metrics = run_demo(cfg, progress=not args.no_progress)
     print(comparison(metrics))
-    print(f"metrics: {Path(cfg.out) / 'metrics.json'}   report: {Path(cfg.out) / 'report.html'}")
+    print(f"metrics: {RunDir(cfg.out).metrics}   report: {RunDir(cfg.out).report}")
     return 0

@@ -1,4 +1,4 @@
-"""Mask-summed integrated gradients for the attribution prune rule (DESIGN §2 step 6, Eq. 4-5).
+"""Mask-summed integrated gradients for the attribution prune rule (paper Eq. 4-5; docs/method.md, step 6).
 
 For a repaint x' of source x with target class y', the score is
 

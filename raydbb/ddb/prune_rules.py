@@ -1,4 +1,5 @@
-"""The two prune rules of DDB (DESIGN §2 step 6) as pure numpy functions, plus reading τ files.
+"""The two prune rules of DDB (paper Eq. 3 and Eq. 4-5; docs/method.md, step 6) as pure numpy
+functions, plus reading τ files.
 
 * Probability rule (Eq. 3): τ_y = mean over **all** training images of class y of p_y(x). A repaint
   x' of a class-y source is dropped (reason ``"prob"``) when p_y(x') >= τ_y: the classifier still

@@ -34,8 +34,8 @@ import yaml
 
 from raydbb import storage
 from raydbb.errors import DataError
+from raydbb.rundir import RunDir
 
-REPORT_FILE = "report.html"
 MODELS = (("erm", "ERM"), ("ddb", "DDB"))
 SECTIONS = ("accuracy", "samples", "pruning", "throughput")
 """``id`` of every section the report always has (tests check for them)."""
@@ -63,12 +63,13 @@ def read_run(run: str | Path) -> dict[str, Any]:
     root = Path(run)
     if not root.is_dir():
         raise DataError(f"run folder {root} not found; expected the OUT of raydbb demo/generate")
-    config_path = root / "config.yaml"
+    run_dir = RunDir(root)
+    config_path = run_dir.config
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else None
     if config_path.is_file() and not isinstance(config, dict):
         raise DataError(f"{config_path}: expected a YAML mapping")
     markers = {}
-    steps_dir = root / ".steps"
+    steps_dir = run_dir.steps
     if steps_dir.is_dir():
         for path in sorted(steps_dir.glob("*.json")):
             marker = _read_json(path)
@@ -76,8 +77,8 @@ def read_run(run: str | Path) -> dict[str, Any]:
                 markers[path.stem] = marker
     return {
         "root": root.resolve(),
-        "metrics": _read_json(root / "metrics.json") or {},
-        "tau": _read_json(root / "tau.json"),
+        "metrics": _read_json(run_dir.metrics) or {},
+        "tau": _read_json(run_dir.tau),
         "config": config or {},
         "markers": markers,
         "manifest": read_manifest(root),
@@ -407,6 +408,6 @@ def render_report(run: dict[str, Any], per_reason: int = 6) -> str:
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, per_reason: int = 6) -> Path:
     """Write the report of run folder ``run_dir`` to ``out`` (default ``run_dir/report.html``)."""
-    path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
+    path = Path(out) if out is not None else RunDir(run_dir).report
     storage.write_text(path, render_report(read_run(run_dir), per_reason))
     return path

@@ -1,4 +1,5 @@
-"""Majority proxies, token pool and τ from per-sample ERM scores (DESIGN §2 steps 1, 2, 6).
+"""Majority proxies, token pool and τ from per-sample ERM scores (DDB steps 1, 2 and the τ of
+Eq. 3; docs/method.md).
 
 Input is a frame of per-sample scores of the *training* split — ``sample_id, label, loss,
 p_true`` (NaN for images that could not be read) — as produced by the score stage.
@@ -23,10 +24,7 @@ import pandas as pd
 from raydbb.config import SelectConfig
 from raydbb.data.records import UNKNOWN, RecordSet
 from raydbb.errors import ConfigError, DataError
-from raydbb.ids import safe_join, sanitize_id
-
-TOKEN_POOL_DIR = "token_pool"
-TAU_FILE = "tau.json"
+from raydbb.rundir import RunDir
 
 
 def class_quota(cfg: SelectConfig, class_names: list[str], n_scored: list[int]) -> list[int]:
@@ -121,7 +119,7 @@ def write_token_pool(out: str | Path, pools: dict[str, pd.DataFrame]) -> dict[st
     """``OUT/token_pool/<class>.csv`` per class (the input of ``raydbb invert``)."""
     paths = {}
     for name, pool in pools.items():
-        path = safe_join(out, TOKEN_POOL_DIR, f"{sanitize_id(name)}.csv")
+        path = RunDir(out).token_pool_csv(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         pool.to_csv(path, index=False)
         paths[name] = path
@@ -130,7 +128,7 @@ def write_token_pool(out: str | Path, pools: dict[str, pd.DataFrame]) -> dict[st
 
 def write_tau(out: str | Path, class_names: list[str], tau: np.ndarray, classifier: str) -> Path:
     """``OUT/tau.json``: τ per class (by index and by name) and the classifier it came from."""
-    path = safe_join(out, TAU_FILE)
+    path = RunDir(out).tau
     path.parent.mkdir(parents=True, exist_ok=True)
     values = [None if np.isnan(t) else float(t) for t in tau]
     doc = {"classifier": classifier, "class_names": list(class_names), "tau": values,
@@ -141,7 +139,7 @@ def write_tau(out: str | Path, class_names: list[str], tau: np.ndarray, classifi
 
 def read_tau(out: str | Path) -> np.ndarray:
     """τ per class index from ``OUT/tau.json`` (NaN where a class had no scored image)."""
-    path = Path(out) / TAU_FILE
+    path = RunDir(out).tau
     if not path.is_file():
         raise DataError(f"{path} not found; run raydbb generate (it scores the training set first)")
     values = json.loads(path.read_text())["tau"]

@@ -1,11 +1,11 @@
 """``raydbb tune``: Ray Tune over the prune thresholds, repaint shares, λ_c and lr of DDB retraining.
 
-Every trial is a fast-mode retraining (:func:`raydbb.ddb.retrain.head.fit_head`): the linear head trained
-on backbone features computed once (:func:`raydbb.ddb.retrain.head.build_feature_cache`) and shared with
-all trials through Ray's object store (``tune.with_parameters``). Thresholds are re-applied to the
-scores stored in the manifest (:func:`raydbb.ddb.retrain.repaints.select_repaints`), so no trial regenerates or
-re-scores an image. Trials report validation numbers after every epoch and ASHA stops the
-unpromising ones; the search stops after ``tune.num_samples`` trials or ``tune.time_budget_s``.
+Every trial is a fast-mode retraining (:func:`raydbb.ddb.retrain.head.fit_head`): the linear head
+trained on backbone features computed once (:func:`raydbb.ddb.retrain.head.build_feature_cache`)
+and shared with all trials through Ray's object store (``tune.with_parameters``). Thresholds are
+re-applied to the scores stored in the manifest (:func:`raydbb.ddb.retrain.repaints.select_repaints`),
+so no trial regenerates or re-scores an image. Trials report validation numbers after every epoch
+and ASHA stops the unpromising ones; the search stops after ``tune.num_samples`` trials or ``tune.time_budget_s``.
 
 The search space, per run:
 

@@ -64,7 +64,7 @@ def map_stage(ds, stage: Stage):
         "batch_format": "numpy",
         "num_cpus": res.num_cpus,
     }
-    if res.num_gpus > 0:  # set only for GPU stages; CPU runs leave num_gpus unset (DESIGN §4)
+    if res.num_gpus > 0:  # set only for GPU stages; CPU runs leave num_gpus unset
         kwargs["num_gpus"] = res.num_gpus
     if stage.stateful:
         return ds.map_batches(

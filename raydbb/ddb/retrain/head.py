@@ -147,8 +147,8 @@ def fit_head(cache: FeatureCache, params: HeadParams, train: TrainConfig, epochs
     the selected epoch's validation numbers and the repaint counts (``repaints_<class>``; Ray
     Tune's per-epoch report for ASHA).
     """
-    from raydbb.training.erm import make_optimizer, selection_key
     from raydbb.training.metrics import count_correct, metrics_from_counts
+    from raydbb.training.worker import make_optimizer, selection_key
 
     chosen = select_repaints(cache.candidates, params.choice)
     rep_y = cache.candidates["target_label"].to_numpy(dtype=np.int64)[chosen]
@@ -210,8 +210,8 @@ def fast_retrain(cfg: RaydbbConfig, manifest_dir: str | Path | None = None,
     reproduces the validation score a ``raydbb tune`` trial reported for that configuration.
     """
     from raydbb.models.checkpoint import load_classifier
-    from raydbb.training.erm import publish_checkpoint
     from raydbb.training.evaluate import evaluate_model
+    from raydbb.training.worker import publish_checkpoint
 
     inputs = load_inputs(cfg, manifest_dir)
     print(describe_inputs(inputs))

@@ -22,7 +22,7 @@ from raydbb.errors import ConfigError, RaydbbError
 
 
 class RepaintWeightedLoss:
-    """``loss_fn(logits, labels, index)`` of DDB retraining, a :data:`~raydbb.training.erm.BatchLoss`.
+    """``loss_fn(logits, labels, index)`` of DDB retraining, a :data:`~raydbb.training.worker.BatchLoss`.
 
     ``is_repaint[i]`` tells whether row ``i`` of the training frame is a repaint; ``index`` holds
     the batch rows' positions in that frame. Each row falls in a bucket — originals, or repaints

@@ -1,4 +1,4 @@
-"""Inpaint stage (DESIGN §2 step 5, Eq. 2): repaint the masked causal part as the target class y'.
+"""Inpaint stage (paper Eq. 2; docs/method.md, step 5): repaint the masked causal part as the target class y'.
 
 One generation row = (source image, its mask, target class y' != y, seed). The prompt is
 ``inpaint.prompt_template`` filled with the target class's learned token (from ``raydbb invert``,

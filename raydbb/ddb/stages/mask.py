@@ -1,4 +1,4 @@
-"""Mask stage (DESIGN §2 step 4): a binary mask of the causal part of every source image.
+"""Mask stage (DDB step 4; docs/method.md): a binary mask of the causal part of every source image.
 
 Three sources (``mask.source``):
 
