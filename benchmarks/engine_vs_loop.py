@@ -15,7 +15,7 @@ what each engine actor gets). The engine is :func:`raydbb.engine.adapter.build_d
 layouts (``generate.layout``): ``fused`` (one pool whose actors each run the whole chain) and
 ``pools`` (a pool per model stage, cheap stages as tasks); the headline ratio uses the profile's
 layout. Each is measured by a small probe run and a full run
-(:class:`benchmarks.common.SteadyState`): start-up (actor creation and model loading in the
+(:class:`benchmarks.pipeline.SteadyState`): start-up (actor creation and model loading in the
 engine, ``setup()`` in the loop) is separated from the steady state without relying on when the
 engine hands batches back. Runs are interleaved (loop, fused, pools, pools, fused, loop, ...) so
 that drifting load on a shared machine hits every variant alike.
@@ -26,43 +26,23 @@ that drifting load on a shared machine hits every variant alike.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import (
-    CPU_PROFILE,
-    INPAINT_STEPS,
-    PROFILES,
-    SOURCES,
-    Fixtures,
-    Profile,
-    Sampler,
-    SteadyState,
-    bench_config,
-    bench_dir,
-    build_fixtures,
-    generation_rows,
-    load_average,
-    local_ray,
-    machine_info,
-    markdown_table,
-    measure_steady,
-    pipeline_stages,
-    run_pipeline,
-    section_header,
-    times,
-    update_results,
-)
+from benchmarks.cli import BenchCommand
+from benchmarks.fixtures import Fixtures, bench_dir
+from benchmarks.pipeline import SteadyState, generation_rows, measure_steady, pipeline_stages, run_pipeline
+from benchmarks.profiles import CPU_PROFILE, INPAINT_STEPS, PROFILES, SOURCES, Profile, bench_config
+from benchmarks.results import markdown_table, section_header, times
 from raydbb.models.threads import torch_threads
 
 COMMAND = "python -m benchmarks.engine_vs_loop"
 PASSES = ("select", "generate")
 SELECT_ROWS = 8_000  # images through the select pass (the training set repeated)
-# Variant -> (engine for raydbb.ddb.generate.execute, generate.layout, torch threads in this
+# Variant -> (engine for raydbb.engine.executor.execute, generate.layout, torch threads in this
 # process or None). The engine variants are named after their layout; the loops run the plain
 # stage list (what the pools layout hands the adapter).
 VARIANTS = {"loop": ("loop", "pools", None), "fused": ("ray", "fused", None), "pools": ("ray", "pools", None),
@@ -116,8 +96,9 @@ def measure(fx: Fixtures, *, n_sources: int = SOURCES, repeats: int = 1, profile
         raise ValueError(f"variants {variants} / passes {passes}: need loop and {engine_variant} (the "
                          "profile's layout), and generate")
     from raydbb.data.registry import load_records
-    from raydbb.ddb.generate import scoring_stages, source_rows
+    from raydbb.ddb.generate import scoring_stages
     from raydbb.engine.manifest import read_manifest
+    from raydbb.engine.stages.load import source_rows
 
     work = Path(work or bench_dir() / "engine_vs_loop")
     cfgs = {v: bench_config(fx, work / "select", profile, inpaint_steps=inpaint_steps,
@@ -228,30 +209,23 @@ def report(result: dict[str, Any], info: dict[str, Any], load: list[float], comm
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sources", type=int, default=SOURCES, help="selected sources to generate from")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per engine (interleaved)")
-    parser.add_argument("--steps", type=int, default=INPAINT_STEPS, help="inpainting steps")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="stage sizing")
-    parser.add_argument("--variants", default="",
-                        help=f"comma-separated, from {', '.join(VARIANTS)} (loop and the profile's layout "
-                        "are needed; default: loop and every layout the profile sizes)")
-    parser.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: ours)")
-    args = parser.parse_args(argv)
+    cli = BenchCommand(__doc__, "engine_vs_loop")
+    cli.sources()
+    cli.add("--repeats", type=int, default=1, help="runs per engine (interleaved)")
+    cli.steps()
+    cli.profile()
+    cli.add("--variants", default="",
+            help=f"comma-separated, from {', '.join(VARIANTS)} (loop and the profile's layout "
+            "are needed; default: loop and every layout the profile sizes)")
+    args = cli.parse(argv)
     profile = PROFILES[args.profile]
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) or None
     unknown = [v for v in variants or () if v not in VARIANTS]
     if unknown:
-        parser.error(f"--variants: unknown {unknown}; expected names from {list(VARIANTS)}")
-    fx = build_fixtures()
-    with local_ray(profile), Sampler(load_average, 5.0) as load:
-        result = measure(fx, n_sources=args.sources, repeats=args.repeats, profile=profile,
-                         inpaint_steps=args.steps, variants=variants)
-    text = report(result, machine_info(), load.values)
-    print(text)
-    update_results("engine_vs_loop", text, **({"path": args.results} if args.results else {}))
-    return result
+        cli.error(f"--variants: unknown {unknown}; expected names from {list(VARIANTS)}")
+    return cli.run(args, lambda fx: measure(fx, n_sources=args.sources, repeats=args.repeats, profile=profile,
+                                            inpaint_steps=args.steps, variants=variants),
+                   report, ray=profile)
 
 
 if __name__ == "__main__":

@@ -22,25 +22,14 @@ Models: ResNet-50 at 224 px (random weights: speed and agreement only) and the d
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.common import (
-    Sampler,
-    build_fixtures,
-    load_average,
-    log,
-    machine_info,
-    markdown_table,
-    section_header,
-    times,
-    update_results,
-)
+from benchmarks.cli import BenchCommand
+from benchmarks.results import log, markdown_table, section_header, times
 
 COMMAND = "python -m benchmarks.ig_cost"
 REFERENCE_STEPS = 50
@@ -81,7 +70,6 @@ def model_inputs(pairs: dict[str, Any], image_size: int,
     return (to_model_input(pairs["sources"], image_size).to(device),
             to_model_input(pairs["repaints"], image_size).to(device),
             torch.stack([mask_to_model(m, image_size) for m in pairs["masks"]]).to(device))
-
 
 
 def captum_scores(model: torch.nn.Module, x: torch.Tensor, x1: torch.Tensor, w: torch.Tensor,
@@ -246,19 +234,11 @@ def report(result: dict[str, Any], info: dict[str, Any], load: list[float], comm
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resnet-images", type=int, default=2, help="ResNet-50 samples (50 passes each)")
-    parser.add_argument("--pairs", type=int, default=200, help="sources of the step study (2 samples each)")
-    parser.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: ours)")
-    args = parser.parse_args(argv)
-    fx = build_fixtures()
-    with Sampler(load_average, 5.0) as load:
-        result = measure(fx, resnet_images=args.resnet_images, pairs=args.pairs)
-    text = report(result, machine_info(), load.values)
-    print(text)
-    update_results("ig_cost", text, **({"path": args.results} if args.results else {}))
-    return result
+    cli = BenchCommand(__doc__, "ig_cost")
+    cli.add("--resnet-images", type=int, default=2, help="ResNet-50 samples (50 passes each)")
+    cli.add("--pairs", type=int, default=200, help="sources of the step study (2 samples each)")
+    args = cli.parse(argv)
+    return cli.run(args, lambda fx: measure(fx, resnet_images=args.resnet_images, pairs=args.pairs), report)
 
 
 if __name__ == "__main__":

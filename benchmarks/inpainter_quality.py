@@ -36,17 +36,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.common import (
-    CLASS_NAMES,
-    Sampler,
-    bench_dir,
-    load_average,
-    machine_info,
-    markdown_table,
-    section_header,
-    train_demo_classifier,
-    update_results,
-)
+from benchmarks.cli import BenchCommand
+from benchmarks.fixtures import CLASS_NAMES, bench_dir, train_demo_classifier
+from benchmarks.results import markdown_table, section_header
 from raydbb.config import DataConfig, InpaintConfig, StageResources
 from raydbb.configs import demo_config
 from raydbb.data.images import read_image, read_mask, write_png_atomic
@@ -185,33 +177,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "wall_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    demo = demo_config(bench_dir() / "unused")  # the demo's sampler settings are the defaults
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="inpainting pipeline folder (default: the one in raydbb/assets)")
-    parser.add_argument("--n", type=int, default=200, help="test images (balanced over the 4 groups)")
-    parser.add_argument("--n-train", type=int, default=100, help="train majority-group images (reference)")
-    parser.add_argument("--steps", type=int, default=demo.inpaint.steps,
-                        help="DDIM steps (default %(default)s)")
-    parser.add_argument("--guidance", type=float, default=demo.inpaint.guidance_scale,
-                        help="classifier-free guidance scale (default %(default)s)")
-    parser.add_argument("--dilate", type=int, default=demo.mask.dilate,
-                        help="mask dilation radius in pixels (default %(default)s)")
-    parser.add_argument("--batch", type=int, default=8, help="images per pipeline call")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--json", metavar="PATH", help="also write the results here")
-    parser.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: ours)")
-    args = parser.parse_args(argv)
-    command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
-    torch.set_num_threads(args.threads)
-    if args.model is None:
-        from raydbb.assets import synthetic_inpainter_path
-
-        args.model = str(synthetic_inpainter_path())
-    with Sampler(load_average, 5.0) as load:
-        summary = measure(args)
+def print_summary(summary: dict[str, Any]) -> None:
+    """One line per subset, then the raw pipeline's error and where the examples are."""
     results, root, raw = summary["results"], Path(summary["root"]), summary["raw_outside_mask_abs_error"]
     for r in results:
         print(f"{r['subset']:<24} n={r['n']:<4} cross-class -> target {r['cross_class_target_rate']:.1%} "
@@ -220,8 +187,33 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['background_exact_rate']:.0%}  {r['seconds_per_image']:.2f} s/image")
     print(f"raw pipeline output outside the mask (no paste-back): mean |Δ| = {raw:.1f}/255; "
           f"examples (source | mask | other class | own class): {root / 'examples.png'}")
-    update_results("inpainter_quality", report(summary, machine_info(), load.values, command),
-                   **({"path": args.results} if args.results else {}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    demo = demo_config(bench_dir() / "unused")  # the demo's sampler settings are the defaults
+    cli = BenchCommand(__doc__, "inpainter_quality", whole_doc=True)
+    cli.add("--model", help="inpainting pipeline folder (default: the one in raydbb/assets)")
+    cli.add("--n", type=int, default=200, help="test images (balanced over the 4 groups)")
+    cli.add("--n-train", type=int, default=100, help="train majority-group images (reference)")
+    cli.steps(demo.inpaint.steps, "DDIM steps (default %(default)s)")
+    cli.add("--guidance", type=float, default=demo.inpaint.guidance_scale,
+            help="classifier-free guidance scale (default %(default)s)")
+    cli.add("--dilate", type=int, default=demo.mask.dilate,
+            help="mask dilation radius in pixels (default %(default)s)")
+    cli.add("--batch", type=int, default=8, help="images per pipeline call")
+    cli.add("--seed", type=int, default=0)
+    cli.add("--threads", type=int, default=2, help="torch threads")
+    cli.add("--json", metavar="PATH", help="also write the results here")
+    args = cli.parse(argv)
+    command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
+    torch.set_num_threads(args.threads)
+    if args.model is None:
+        from raydbb.assets import synthetic_inpainter_path
+
+        args.model = str(synthetic_inpainter_path())
+    summary = cli.run(args, lambda _: measure(args), lambda s, info, load: report(s, info, load, command),
+                      fixtures=False, echo=False)
+    print_summary(summary)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0

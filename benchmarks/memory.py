@@ -12,68 +12,21 @@ blocks through the stages with back-pressure, so the peaks should not grow with 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    CPU_PROFILE,
-    PROFILES,
-    Fixtures,
-    Profile,
-    Sampler,
-    bench_config,
-    bench_dir,
-    build_fixtures,
-    generation_rows,
-    load_average,
-    local_ray,
-    machine_info,
-    markdown_table,
-    pipeline_stages,
-    psutil_module,
-    run_pipeline,
-    section_header,
-    times,
-    update_results,
-)
+from benchmarks.cli import BenchCommand
+from benchmarks.fixtures import Fixtures, bench_dir
+from benchmarks.pipeline import generation_rows, pipeline_stages, run_pipeline
+from benchmarks.profiles import CPU_PROFILE, PROFILES, Profile, bench_config
+from benchmarks.results import markdown_table, section_header, times
+from benchmarks.sampling import Sampler, growth, peak_columns, peaks, process_memory, store_stats
 
 COMMAND = "python -m benchmarks.memory"
-MIB = 2**20
-
-
-def process_memory() -> dict[str, float]:
-    """Summed RSS and PSS (bytes) of this process and all its descendants, and how many there are."""
-    psutil = psutil_module()
-    me = psutil.Process()
-    rss = pss = 0.0
-    count = 0
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            info = proc.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue  # a worker that exited between listing and reading
-        rss += info.rss
-        pss += getattr(info, "pss", info.rss)
-        count += 1
-    return {"rss": rss, "pss": pss, "processes": count}
-
-
-def object_store_used() -> float:
-    """Bytes in Ray's object store on all nodes (raylet's store stats)."""
-    import ray
-    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-
-    reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))
-    return float(reply.store_stats.object_store_bytes_used)
 
 
 def snapshot() -> dict[str, float]:
-    return {**process_memory(), "store": object_store_used()}
-
-
-def peaks(samples: list[dict[str, float]]) -> dict[str, float]:
-    return {key: max(s[key] for s in samples) for key in ("rss", "pss", "store", "processes")}
+    return {**process_memory(), "store": store_stats()["store"]}
 
 
 def measure(fx: Fixtures, *, n_sources: int = 16, factor: int = 10, profile: Profile = CPU_PROFILE,
@@ -94,17 +47,12 @@ def measure(fx: Fixtures, *, n_sources: int = 16, factor: int = 10, profile: Pro
         result["runs"][n] = {**peaks(sampler.values), "samples": len(sampler.values), "rows": run.rows,
                              "wall_s": run.wall_s}
     small, big = (result["runs"][n] for n in (n_sources, factor * n_sources))
-    result["ratio_rss"] = big["rss"] / small["rss"]
-    result["ratio_pss"] = big["pss"] / small["pss"]
-    return result
+    return {**result, **growth(small, big)}
 
 
 def report(result: dict[str, Any], info: dict[str, Any], load: list[float], command: str = COMMAND) -> str:
     def row(label: Any, r: dict[str, float], wall: str) -> dict[str, Any]:
-        return {"samples": label, "peak Σ RSS MiB": f"{r['rss'] / MIB:.0f}",
-                "peak Σ PSS MiB": f"{r['pss'] / MIB:.0f}",
-                "peak object store MiB": f"{r['store'] / MIB:.1f}", "processes": int(r["processes"]),
-                "wall s": wall}
+        return {"samples": label, **peak_columns(r), "wall s": wall}
 
     rows = [row("Ray idle, before", result["idle"], "")]
     rows += [row(r["rows"], r, f"{r['wall_s']:.1f}") for r in result["runs"].values()]
@@ -118,23 +66,15 @@ def report(result: dict[str, Any], info: dict[str, Any], load: list[float], comm
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sources", type=int, default=16, help="samples of the 1× run")
-    parser.add_argument("--factor", type=int, default=10, help="size of the large run, in multiples")
-    parser.add_argument("--steps", type=int, default=2, help="inpainting steps (memory does not need many)")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="stage sizing")
-    parser.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: ours)")
-    args = parser.parse_args(argv)
+    cli = BenchCommand(__doc__, "memory")
+    cli.sources(16, "samples of the 1× run")
+    cli.add("--factor", type=int, default=10, help="size of the large run, in multiples")
+    cli.steps(2, "inpainting steps (memory does not need many)")
+    cli.profile()
+    args = cli.parse(argv)
     profile = PROFILES[args.profile]
-    fx = build_fixtures()
-    with local_ray(profile), Sampler(load_average, 5.0) as load:
-        result = measure(fx, n_sources=args.sources, factor=args.factor, profile=profile,
-                         inpaint_steps=args.steps)
-    text = report(result, machine_info(), load.values)
-    print(text)
-    update_results("memory", text, **({"path": args.results} if args.results else {}))
-    return result
+    return cli.run(args, lambda fx: measure(fx, n_sources=args.sources, factor=args.factor, profile=profile,
+                                            inpaint_steps=args.steps), report, ray=profile)
 
 
 if __name__ == "__main__":

@@ -9,29 +9,19 @@ run of the engine-vs-loop benchmark as its in-pipeline measurement. Sized to fin
 
 from __future__ import annotations
 
-import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import engine_vs_loop, ig_cost, memory, scaling, stage_limits
-from benchmarks.common import (
-    INPAINT_STEPS,
-    PROFILES,
-    RESULTS_INTRO,
-    RESULTS_PATH,
-    SOURCES,
-    Sampler,
-    bench_dir,
-    build_fixtures,
-    load_average,
-    local_ray,
-    machine_info,
-    update_results,
-)
+from benchmarks.cli import BenchCommand
+from benchmarks.fixtures import bench_dir, build_fixtures
+from benchmarks.machine import local_ray, machine_info
+from benchmarks.profiles import INPAINT_STEPS, PROFILES, SOURCES
+from benchmarks.results import RESULTS_INTRO, RESULTS_PATH, update_results
+from benchmarks.sampling import LOAD_INTERVAL, Sampler, load_average, under_load
 
 COMMAND = "python -m benchmarks.run_quick"
 
@@ -39,12 +29,6 @@ COMMAND = "python -m benchmarks.run_quick"
 QUICK = {"sources": SOURCES, "scaling_sources": scaling.SCALING_SOURCES, "repeats": 1,
          "inpaint_steps": INPAINT_STEPS, "memory_sources": 16, "memory_factor": 10, "resnet_images": 2,
          "ig_pairs": 200}
-
-
-def _timed_section(fn: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], list[float]]:
-    with Sampler(load_average, 5.0) as load:
-        result = fn()
-    return result, load.values
 
 
 def run(profile_name: str = "cpu", sizes: dict[str, Any] | None = None, results: Path = RESULTS_PATH,
@@ -56,26 +40,26 @@ def run(profile_name: str = "cpu", sizes: dict[str, Any] | None = None, results:
     start = time.perf_counter()
     info = machine_info()
     out: dict[str, Any] = {}
-    with Sampler(load_average, 5.0) as overall:
+    with Sampler(load_average, LOAD_INTERVAL) as overall:
         fx = build_fixtures()
         steps = sizes["inpaint_steps"]
         with local_ray(profile):
-            evl, load = _timed_section(lambda: engine_vs_loop.measure(
+            evl, load = under_load(lambda: engine_vs_loop.measure(
                 fx, n_sources=sizes["sources"], repeats=sizes["repeats"], profile=profile,
                 inpaint_steps=steps, work=work / "engine_vs_loop"))
             out["engine_vs_loop"] = (evl, load, engine_vs_loop.report)
             engine_run = evl["runs"]["generate"].get("pools", [None])[-1]  # the layout stage limits describe
-            out["stage_limits"] = (*_timed_section(lambda: stage_limits.measure(
+            out["stage_limits"] = (*under_load(lambda: stage_limits.measure(
                 fx, n_sources=sizes["sources"], profile=profile, inpaint_steps=steps, engine_run=engine_run,
                 work=work / "stage_limits")), stage_limits.report)
-            out["scaling"] = (*_timed_section(lambda: scaling.measure(
+            out["scaling"] = (*under_load(lambda: scaling.measure(
                 fx, n_sources=sizes["scaling_sources"], profile=profile, inpaint_steps=steps,
                 work=work / "scaling")),
                 scaling.report)
-            out["memory"] = (*_timed_section(lambda: memory.measure(
+            out["memory"] = (*under_load(lambda: memory.measure(
                 fx, n_sources=sizes["memory_sources"], factor=sizes["memory_factor"], profile=profile,
                 work=work / "memory")), memory.report)
-        out["ig_cost"] = (*_timed_section(lambda: ig_cost.measure(
+        out["ig_cost"] = (*under_load(lambda: ig_cost.measure(
             fx, resnet_images=sizes["resnet_images"], pairs=sizes["ig_pairs"], device=profile.device)),
             ig_cost.report)
     wall = time.perf_counter() - start
@@ -93,11 +77,9 @@ def run(profile_name: str = "cpu", sizes: dict[str, Any] | None = None, results:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="stage sizing")
-    parser.add_argument("--results", type=Path, default=RESULTS_PATH, help="RESULTS.md to write")
-    args = parser.parse_args(argv)
+    cli = BenchCommand(__doc__)
+    cli.profile()
+    args = cli.parse(argv, results=RESULTS_PATH, results_help="RESULTS.md to write")
     summary = run(args.profile, results=args.results)
     print(args.results.read_text())
     print(f"benchmarks finished in {summary['wall_s'] / 60:.1f} min; tables in {args.results}")

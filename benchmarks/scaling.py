@@ -6,32 +6,14 @@ plus the GPU configuration that the same commands run with on a GPU node (``--pr
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    CPU_PROFILE,
-    GPU_PROFILE,
-    INPAINT_STEPS,
-    PROFILES,
-    Fixtures,
-    Profile,
-    Sampler,
-    bench_config,
-    bench_dir,
-    build_fixtures,
-    generation_rows,
-    load_average,
-    local_ray,
-    machine_info,
-    markdown_table,
-    measure_steady,
-    pipeline_stages,
-    section_header,
-    times,
-    update_results,
-)
+from benchmarks.cli import pipeline_main
+from benchmarks.fixtures import Fixtures, bench_dir
+from benchmarks.pipeline import generation_rows, measure_steady, pipeline_stages
+from benchmarks.profiles import CPU_PROFILE, GPU_PROFILE, INPAINT_STEPS, Profile, bench_config
+from benchmarks.results import markdown_table, section_header, times
 
 COMMAND = "python -m benchmarks.scaling"
 SCALING_SOURCES = 160  # per pool size (two full runs and two probes)
@@ -87,21 +69,8 @@ def report(result: dict[str, Any], info: dict[str, Any], load: list[float], comm
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sources", type=int, default=SCALING_SOURCES, help="selected sources (per run)")
-    parser.add_argument("--steps", type=int, default=INPAINT_STEPS, help="inpainting steps")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="stage sizing")
-    parser.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: ours)")
-    args = parser.parse_args(argv)
-    profile = PROFILES[args.profile]
-    fx = build_fixtures()
-    with local_ray(profile), Sampler(load_average, 5.0) as load:
-        result = measure(fx, n_sources=args.sources, profile=profile, inpaint_steps=args.steps)
-    text = report(result, machine_info(), load.values)
-    print(text)
-    update_results("scaling", text, **({"path": args.results} if args.results else {}))
-    return result
+    return pipeline_main(__doc__, "scaling", argv, measure, report, sources=SCALING_SOURCES,
+                         sources_help="selected sources (per run)")
 
 
 if __name__ == "__main__":

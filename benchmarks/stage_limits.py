@@ -16,37 +16,18 @@ gives the fraction of the binding (lower) limit that the engine reached.
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (
-    CPU_PROFILE,
-    INPAINT_STEPS,
-    PROFILES,
-    SOURCES,
-    Fixtures,
-    Profile,
-    Sampler,
-    SteadyState,
-    bench_config,
-    bench_dir,
-    build_fixtures,
-    generation_rows,
-    load_average,
-    local_ray,
-    machine_info,
-    markdown_table,
-    measure_steady,
-    pipeline_stages,
-    section_header,
-    times,
-    update_results,
-)
+from benchmarks.cli import pipeline_main
+from benchmarks.fixtures import Fixtures, bench_dir
+from benchmarks.machine import nproc
+from benchmarks.pipeline import SteadyState, generation_rows, measure_steady, pipeline_stages
+from benchmarks.profiles import CPU_PROFILE, INPAINT_STEPS, SOURCES, Profile, bench_config
+from benchmarks.results import markdown_table, section_header, times
 
 COMMAND = "python -m benchmarks.stage_limits"
 MODEL_STAGES = ("mask", "inpaint", "prune")
@@ -111,7 +92,7 @@ def measure(fx: Fixtures, *, n_sources: int = SOURCES, profile: Profile = CPU_PR
     isolated = isolated_rates(pipeline_stages(cfg, fx), rows.iloc[:ISOLATED_ROWS])
     if engine_run is None:
         engine_run = measure_steady(lambda: pipeline_stages(cfg, fx), rows, "ray", work / "generate")
-    cores = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    cores = float(nproc())
     if profile.device == "cuda":
         cores = float("inf")  # model stages run on the GPU: no CPU limit to speak of
     lim = limits(isolated, cores)
@@ -146,21 +127,7 @@ def report(result: dict[str, Any], info: dict[str, Any], load: list[float], comm
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sources", type=int, default=SOURCES, help="selected sources to generate from")
-    parser.add_argument("--steps", type=int, default=INPAINT_STEPS, help="inpainting steps")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="stage sizing")
-    parser.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: ours)")
-    args = parser.parse_args(argv)
-    profile = PROFILES[args.profile]
-    fx = build_fixtures()
-    with local_ray(profile), Sampler(load_average, 5.0) as load:
-        result = measure(fx, n_sources=args.sources, profile=profile, inpaint_steps=args.steps)
-    text = report(result, machine_info(), load.values)
-    print(text)
-    update_results("stage_limits", text, **({"path": args.results} if args.results else {}))
-    return result
+    return pipeline_main(__doc__, "stage_limits", argv, measure, report)
 
 
 if __name__ == "__main__":

@@ -16,41 +16,18 @@ peaks at N = 20 000 stay within 1.3× of those at N = 2 000, with nothing spille
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    CPU_PROFILE,
-    Fixtures,
-    Profile,
-    Sampler,
-    bench_config,
-    bench_dir,
-    build_fixtures,
-    load_average,
-    local_ray,
-    log,
-    machine_info,
-    markdown_table,
-    section_header,
-    times,
-    update_results,
-)
-from benchmarks.memory import MIB, peaks, process_memory
+from benchmarks.cli import BenchCommand
+from benchmarks.fixtures import Fixtures, bench_dir, synthetic_data
+from benchmarks.profiles import CPU_PROFILE, Profile, bench_config
+from benchmarks.results import log, markdown_table, section_header, times
+from benchmarks.sampling import MIB, Sampler, growth, peak_columns, peaks, process_memory, store_stats
 
 COMMAND = "python -m benchmarks.streaming"
 BOUND = 1.3  # issue 8: peak at 10x the samples within 1.3x of the peak at 1x
-
-
-def store_stats() -> dict[str, float]:
-    """Object-store bytes in use and bytes spilled to disk so far (raylet's store stats)."""
-    import ray
-    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-
-    stats = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats
-    return {"store": float(stats.object_store_bytes_used), "spilled": float(stats.spilled_bytes_total)}
 
 
 def snapshot() -> dict[str, float]:
@@ -59,15 +36,7 @@ def snapshot() -> dict[str, float]:
 
 def dataset(root: Path, n_train: int) -> Path:
     """A synthetic benchmark with ``n_train`` training images (written once, cached)."""
-    from raydbb.data.synthetic import write_synthetic
-    from raydbb.errors import DataError
-
-    out = root / f"data-{n_train}"
-    try:
-        return write_synthetic(out, seed=0, n_train=n_train, n_val=8, n_test=8, size=64)
-    except DataError:  # a cached folder from another generator version
-        shutil.rmtree(out)
-        return write_synthetic(out, seed=0, n_train=n_train, n_val=8, n_test=8, size=64)
+    return synthetic_data(root / f"data-{n_train}", seed=0, n_train=n_train, n_val=8, n_test=8, size=64)
 
 
 def generate_config(fx: Fixtures, data: Path, out: Path, inpaint_steps: int, ig_steps: int,
@@ -88,7 +57,7 @@ def measure(fx: Fixtures, *, small: int = 2000, large: int = 20000, inpaint_step
             work: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Peak memory and throughput of ``raydbb generate`` at ``small`` and ``large`` samples.
 
-    Ray must be up (:func:`benchmarks.common.local_ray`)."""
+    Ray must be up (:func:`benchmarks.machine.local_ray`)."""
     from raydbb.ddb.generate import format_summary, run_generate
 
     work = Path(work or bench_dir() / "streaming")
@@ -108,8 +77,7 @@ def measure(fx: Fixtures, *, small: int = 2000, large: int = 20000, inpaint_step
                              "wall_s": summary["wall_s"], "samples_per_s": summary["samples_per_s"],
                              "stages": summary["stages"]}
     a, b = result["runs"][small], result["runs"][large]
-    result["ratio_rss"] = b["rss"] / a["rss"]
-    result["ratio_pss"] = b["pss"] / a["pss"]
+    result.update(growth(a, b))
     result["within_bound"] = bool(result["ratio_pss"] <= BOUND and result["ratio_rss"] <= BOUND)
     result["spilled"] = max(a["spilled"], b["spilled"])
     return result
@@ -117,9 +85,7 @@ def measure(fx: Fixtures, *, small: int = 2000, large: int = 20000, inpaint_step
 
 def report(result: dict[str, Any], info: dict[str, Any], load: list[float], command: str = COMMAND) -> str:
     def row(label: Any, r: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
-        return {"run": label, "peak Σ RSS MiB": f"{r['rss'] / MIB:.0f}",
-                "peak Σ PSS MiB": f"{r['pss'] / MIB:.0f}",
-                "peak object store MiB": f"{r['store'] / MIB:.1f}", "processes": int(r["processes"]), **extra}
+        return {"run": label, **peak_columns(r), **extra}
 
     blank = {"samples": "", "wall s": "", "samples/s": "", "spilled MiB": ""}
     rows = [row("Ray idle, before", result["idle"], blank)]
@@ -144,28 +110,20 @@ def report(result: dict[str, Any], info: dict[str, Any], load: list[float], comm
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--small", type=int, default=2000, help="samples of the reference run (default 2000)")
-    parser.add_argument("--large", type=int, default=20000, help="samples of the large run (default 20000)")
+    cli = BenchCommand(__doc__, "streaming", epilog=__doc__)
+    cli.add("--small", type=int, default=2000, help="samples of the reference run (default 2000)")
+    cli.add("--large", type=int, default=20000, help="samples of the large run (default 20000)")
     # Memory does not depend on step counts; few steps keep 20 000 samples within half an hour on 2 cores.
-    parser.add_argument("--steps", type=int, default=1, help="inpainting steps (default %(default)s)")
-    parser.add_argument("--ig-steps", type=int, default=2,
-                        help="integrated-gradient steps (default %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: ours)")
-    args = parser.parse_args(argv)
+    cli.steps(1, "inpainting steps (default %(default)s)")
+    cli.add("--ig-steps", type=int, default=2, help="integrated-gradient steps (default %(default)s)")
+    cli.add("--no-progress", action="store_true", help="no progress bars")
+    args = cli.parse(argv)
     if not 0 < args.small < args.large:
-        parser.error(f"--small {args.small} --large {args.large}: expected 0 < small < large")
-    fx = build_fixtures()
+        cli.error(f"--small {args.small} --large {args.large}: expected 0 < small < large")
     # Ray's default object store (no benchmark cap): "no spilling at default settings".
-    with local_ray(CPU_PROFILE, object_store_memory=None), Sampler(load_average, 5.0) as load:
-        result = measure(fx, small=args.small, large=args.large, inpaint_steps=args.steps,
-                         ig_steps=args.ig_steps, progress=not args.no_progress)
-    text = report(result, machine_info(), load.values)
-    print(text)
-    update_results("streaming", text, **({"path": args.results} if args.results else {}))
-    return result
+    return cli.run(args, lambda fx: measure(fx, small=args.small, large=args.large, inpaint_steps=args.steps,
+                                            ig_steps=args.ig_steps, progress=not args.no_progress),
+                   report, ray=CPU_PROFILE, object_store_memory=None)
 
 
 if __name__ == "__main__":

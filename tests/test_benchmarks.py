@@ -10,16 +10,12 @@ import numpy as np
 import pytest
 
 from benchmarks import engine_vs_loop, ig_cost, inpainter_quality, memory, scaling, stage_limits, streaming
-from benchmarks.common import (
-    SECTIONS,
-    PipelineRun,
-    Profile,
-    SteadyState,
-    build_fixtures,
-    machine_info,
-    times,
-    update_results,
-)
+from benchmarks.cli import BenchCommand
+from benchmarks.fixtures import build_fixtures
+from benchmarks.machine import machine_info
+from benchmarks.pipeline import PipelineRun, SteadyState
+from benchmarks.profiles import Profile
+from benchmarks.results import SECTIONS, times, update_results
 
 # Tiny everything: 2-row blocks so that a handful of sources gives a probe and a longer full run;
 # dataset masks (no detector to load in the smoke run); one actor per pool on the test Ray's 4 CPUs.
@@ -69,6 +65,29 @@ def test_update_results_keeps_other_sections(tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown results section"):
         update_results("nope", "x", path)
     assert SECTIONS[0] == "engine_vs_loop"
+
+
+def test_bench_command_measures_prints_and_writes_its_section(tmp_path, capsys) -> None:
+    cli = BenchCommand("Memory: a test.\n\nMore.", "memory")
+    cli.sources(16, "samples")
+    cli.steps()
+    args = cli.parse(["--sources", "3", "--results", str(tmp_path / "R.md")])
+    assert (args.sources, args.steps, cli.parser.description) == (3, 10, "Memory: a test.")
+    result = cli.run(args, lambda fx: {"fx": fx, "n": args.sources},
+                     lambda r, info, load: f"## 5. Memory\n{r['n']} on {info['nproc']} CPUs, {len(load)}\n",
+                     fixtures=False)
+    assert result == {"fx": None, "n": 3}
+    assert "## 5. Memory\n3 on" in capsys.readouterr().out
+    assert "<!-- begin memory -->\n## 5. Memory\n3 on" in (tmp_path / "R.md").read_text()
+
+
+def test_mains_reject_bad_flags_before_measuring() -> None:
+    with pytest.raises(SystemExit):
+        streaming.main(["--small", "20", "--large", "10"])
+    with pytest.raises(SystemExit):
+        engine_vs_loop.main(["--variants", "loop,nope"])
+    with pytest.raises(SystemExit):
+        scaling.main(["--profile", "tpu"])
 
 
 def test_engine_vs_loop_and_stage_limits(evl, fx, tmp_path) -> None:
