@@ -15,7 +15,7 @@ Read a dataset exactly as training and generation will, validate it (missing fil
 images, unknown split or label values fail with one line), and print the number of samples per
 (split, group) together with the class and spurious-attribute names.
 
-Layouts (see the README for details):
+Layouts (docs/datasets.md has the details):
   waterbirds  ROOT/metadata.csv (img_filename,y,place,split) + images relative to ROOT
   celeba      ROOT/list_attr_celeba.txt + list_eval_partition.txt, or ROOT/metadata.csv
               (image_id,Blond_Hair,Male,split); images in ROOT/img_align_celeba/

@@ -41,7 +41,7 @@ run re-run takes seconds); a changed setting re-runs its step and everything aft
 the old outputs to OUT/.stale/.
 
 About 5 minutes on 2 idle CPU cores (measured 4.6-5.0 min over seeds 0-4; test worst-group
-accuracy ERM 0.1 -> DDB 55.4 on average, see the README). --fast runs tiny sizes (a smoke test of
+accuracy ERM 0.1 -> DDB 55.4 on average, see docs/results.md). --fast runs tiny sizes (a smoke test of
 every step; its numbers mean nothing). Any config field can be overridden:
 raydbb demo --out runs/d retrain.epochs=6
 

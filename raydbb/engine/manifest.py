@@ -39,7 +39,8 @@ MASKS_DIR = "masks"
 
 _NAN = float("nan")
 
-#: (name, Arrow type, default for a row no stage filled in, meaning) — the README documents these.
+#: (name, Arrow type, default for a row no stage filled in, meaning) — documented in docs/manifest.md
+#: (tests/test_docs.py keeps the two in step).
 FIELDS: tuple[tuple[str, pa.DataType, Any, str], ...] = (
     ("sample_id", pa.string(), "", "unique id of the generated sample (filesystem-safe)"),
     ("source_id", pa.string(), "", "sample_id of the training image it was repainted from"),

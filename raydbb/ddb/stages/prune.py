@@ -1,4 +1,5 @@
-"""Prune stage: score every repaint with the ERM classifier and apply DDB's two rules (§2 step 6).
+"""Prune stage: score every repaint with the ERM classifier and apply DDB's two rules (paper Eq. 3-5;
+docs/method.md, step 6).
 
 For each pending row (source x of class y, repaint x' for target y', mask m) it records
 

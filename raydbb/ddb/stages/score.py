@@ -1,7 +1,7 @@
 """Score stage: per-sample cross-entropy and softmax p(true class) of the ERM classifier.
 
-Feeds majority selection (lowest loss per class, docs/method.md, step 1) and τ_y (mean p(true class)
-over all training images of class y, the probability pruning threshold, §2 step 6) in one pass.
+Feeds majority selection (lowest loss per class, docs/method.md, step 1) and τ_y (mean p(true
+class) over all training images of class y, the threshold of the probability rule, Eq. 3) in one pass.
 """
 
 from __future__ import annotations
