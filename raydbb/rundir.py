@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from raydbb.engine.manifest import IMAGES_DIR, MANIFEST_DIR, MASKS_DIR
+from raydbb.engine.names import IMAGES_DIR, MANIFEST_DIR, MASKS_DIR
 from raydbb.ids import safe_join, sanitize_id
 
 CONFIG_FILE = "config.yaml"

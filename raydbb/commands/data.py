@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raydbb.config import DATASETS, DataConfig, build_config
-from raydbb.data.records import RecordSet
+
+if TYPE_CHECKING:  # pandas-backed: imported when a command runs, not for --help
+    from raydbb.data.records import RecordSet
 
 INSPECT_HELP = """\
 Read a dataset exactly as training and generation will, validate it (missing files, columns,

@@ -6,9 +6,6 @@ import argparse
 import math
 
 from raydbb.config import PruneConfig, load_config
-from raydbb.ddb.prune_rules import KEPT, load_tau
-from raydbb.ddb.redecide import format_counts, reprune, run_folder
-from raydbb.engine.manifest import MANIFEST_DIR
 from raydbb.errors import DataError
 from raydbb.rundir import RunDir
 
@@ -52,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from raydbb.ddb.prune_rules import KEPT, load_tau
+    from raydbb.ddb.redecide import format_counts, reprune, run_folder
+
     out = run_folder(args.manifest)
     run_cfg = RunDir(out).generate_config
     defaults = load_config(run_cfg).prune if run_cfg.is_file() else PruneConfig()
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     tau = load_tau(args.tau_file) if args.tau_file else None
     before, after, changed = reprune(out, delta, prob_rule, tau, write=not args.dry_run)
     source = "--tau-file " + args.tau_file if tau is not None else "recorded per sample"
-    print(f"{out / MANIFEST_DIR}: delta={delta:g}, prob_rule={'on' if prob_rule else 'off'}, tau {source}")
+    print(f"{RunDir(out).manifest}: delta={delta:g}, prob_rule={'on' if prob_rule else 'off'}, tau {source}")
     print(format_counts(before, after))
     print(f"{'dry run: would change' if args.dry_run else 'changed'} {changed} decisions; "
           f"kept {before.get(KEPT, 0)} -> {after.get(KEPT, 0)}")

@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raydbb.ddb.prune_rules import KEPT, RULE_REASONS, decide
-from raydbb.engine.manifest import MANIFEST_DIR, SCHEMA, part_files, write_part_atomic
+from raydbb.engine.manifest import SCHEMA, part_files, write_part_atomic
+from raydbb.engine.names import MANIFEST_DIR
 from raydbb.errors import DataError
 
 

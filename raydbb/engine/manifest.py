@@ -30,12 +30,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raydbb import storage
+from raydbb.engine.names import IMAGES_DIR, MANIFEST_DIR, MASKS_DIR
 from raydbb.engine.stage import Batch, num_rows
 from raydbb.errors import DataError
-
-MANIFEST_DIR = "manifest"
-IMAGES_DIR = "images"
-MASKS_DIR = "masks"
 
 _NAN = float("nan")
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from raydbb.config import StageResources
 from raydbb.data.images import write_png_atomic
-from raydbb.engine.manifest import IMAGES_DIR, MASKS_DIR, manifest_columns
+from raydbb.engine.manifest import manifest_columns
+from raydbb.engine.names import IMAGES_DIR, MASKS_DIR
 from raydbb.engine.stage import Batch, Stage, is_empty, num_rows
 from raydbb.ids import safe_join, sanitize_id
 
