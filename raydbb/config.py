@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raydbb.errors import ConfigError
 
 DATASETS = ("waterbirds", "celeba", "metashift", "csv", "synthetic")
 
+
+def _not_nan(value: float) -> float:
+    if value != value:
+        raise ValueError("nan is not a threshold; use -.inf to switch the rule off")
+    return value
+
+
+Threshold = Annotated[float, Field(allow_inf_nan=True), AfterValidator(_not_nan)]
+"""A threshold: any number, ±inf included (-inf keeps everything), never nan."""
 
 RESOURCE = {"resource": True}
 """``json_schema_extra`` of a field that only decides how fast or where a step runs, not what it computes."""
@@ -25,7 +34,9 @@ RESOURCE = {"resource": True}
 class Section(BaseModel):
     """Base for config sections: unknown fields are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf/nan in numeric fields (train.lr=.inf would train nothing, silently): the IG threshold,
+    # where ±inf switches the rule off, is the one exception (Threshold).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
     resource_section: ClassVar[bool] = False
     """True for sections made only of resource settings (every field a :data:`RESOURCE`)."""
 
@@ -171,6 +182,13 @@ class MaskConfig(Section):
     max_area: float = Field(0.95, gt=0, le=1, description="larger mask share = degenerate")
     resources: StageResources = StageResources()
 
+    @model_validator(mode="after")
+    def _area_range(self) -> MaskConfig:
+        if self.min_area >= self.max_area:
+            raise ValueError(f"mask.min_area={self.min_area} >= mask.max_area={self.max_area}: every mask "
+                             "would be degenerate; expected min_area < max_area")
+        return self
+
 
 class InpaintConfig(Section):
     model: str = "sd2-community/stable-diffusion-2-inpainting"
@@ -190,7 +208,7 @@ class InpaintConfig(Section):
 
 class PruneConfig(Section):
     prob_rule: bool = True
-    delta: float = Field(0.0, description="IG threshold δ: keep only if score > δ")
+    delta: Threshold = Field(0.0, description="IG threshold δ: keep only if score > δ (-.inf: rule off)")
     ig_steps: int = Field(16, ge=1)
     ig_method: Literal["gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left",
                        "riemann_right"] = "gausslegendre"
@@ -296,7 +314,7 @@ class TuneConfig(Section):
     cpus_per_trial: float = Field(0.5, gt=0, description="logical CPUs per trial (fractional is fine)")
     grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped")
     reduction_factor: float = Field(3.0, gt=1, description="ASHA: keep 1/reduction_factor at each rung")
-    deltas: list[float] = Field([float("-inf")], description="δ candidates (-.inf = IG rule off); "
+    deltas: list[Threshold] = Field([float("-inf")], description="δ candidates (-.inf = IG rule off); "
                                 "prune.delta is always one")
     delta_quantiles: list[float] = Field([0.1, 0.25, 0.5], description="more δ candidates: these "
                                          "quantiles of the manifest's stored IG scores")
@@ -380,8 +398,19 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected section.field=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        _set_dotted(tree, key.strip(), _yaml_value(raw, f"override {item!r}") if raw.strip() else None)
     return tree
+
+
+def _yaml_value(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with a one-line error naming ``where`` (unsafe tags are refused too)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
 
 
 def merge_trees(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -421,7 +450,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} not found; expected a YAML file")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {p}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+        loaded = _yaml_value(text, f"config file {p}") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
         tree = loaded
