@@ -453,7 +453,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
-            raise ConfigError(f"config file {p}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+            raise ConfigError(f"config file {p}: not UTF-8 text (byte {err.start}); save it as UTF-8") \
+                from None
         loaded = _yaml_value(text, f"config file {p}") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: expected a mapping at the top level")

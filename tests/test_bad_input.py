@@ -10,8 +10,8 @@ import pytest
 from raydbb.cli import main
 
 BAD_CONFIG_FILES = {
-    "yaml syntax": ("train: {epochs: [1\n".encode(), "not valid YAML (line 2, column 1)"),
-    "python tag": ("train: !!python/object/apply:os.system ['echo hi']\n".encode(),
+    "yaml syntax": (b"train: {epochs: [1\n", "not valid YAML (line 2, column 1)"),
+    "python tag": (b"train: !!python/object/apply:os.system ['echo hi']\n",
                    "could not determine a constructor for the tag"),
     "latin-1 text": ("data: {root: caf\xe9}\n".encode("latin-1"), "not UTF-8 text (byte 16)"),
     "a list": (b"- 1\n- 2\n", "expected a mapping at the top level"),
