@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +17,49 @@ from PIL import Image, UnidentifiedImageError
 
 from raydbb.errors import DataError
 
+MAX_PIXELS = 40_000_000
+"""Largest image (width × height) decoded. A 12000×12000 PNG of a few hundred KB decodes to 430 MB
+and takes seconds (a decompression bomb in miniature); real datasets stay far below (CelebA 178×218,
+Waterbirds ≈ 500×500)."""
 
-def _open(path: str | Path, what: str) -> Image.Image:
+
+class ImageTooLarge(DataError):
+    """An image whose header announces more than :data:`MAX_PIXELS` pixels; it is never decoded."""
+
+
+def _open(path: str | Path, what: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} {path} not found")
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():  # PIL's own bomb warning: the size is checked below instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)  # reads the header only
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"{what} {path} is {width}x{height} ({width * height / 1e6:.0f} Mpx), over "
+                                f"the limit of {max_pixels / 1e6:.0f} Mpx; downscale it")
         img.load()  # decode now so truncated files fail here, not later
+    except Image.DecompressionBombError as err:  # PIL refuses > 2 × its own limit before we see the size
+        raise ImageTooLarge(f"{what} {path}: {err}; the limit here is {max_pixels / 1e6:.0f} Mpx") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{what} {path} could not be decoded: {type(err).__name__}: {err}") from err
     return img
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as a uint8 ``HxWx3`` RGB array (grey, palette and alpha images converted)."""
-    img = _open(path, "image")
+def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit grey: PIL's convert("RGB") clips every value above 255 to white.
+        grey = np.asarray(img).astype(np.float64)
+        grey = np.rint(np.clip(grey, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file as a uint8 ``HxWx3`` RGB array (grey, 16-bit grey, palette and alpha images
+    converted); images over ``max_pixels`` are refused from their header (:class:`ImageTooLarge`)."""
+    return _to_uint8_rgb(_open(path, "image", max_pixels))
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from raydbb.data.images import read_image
+from raydbb.data.images import ImageTooLarge, read_image
 from raydbb.engine.stage import Batch, Stage, empty_image, num_rows, object_column
 from raydbb.errors import DataError
 
@@ -29,6 +29,7 @@ class LoadStage(Stage):
     """Adds ``source_image`` (uint8 HxWx3), ``prune_reason`` and ``error`` to source rows.
 
     A missing or corrupt file gets an empty placeholder image, ``prune_reason="error:image_read"``
+    (``"error:image_too_large"`` for an image over :data:`raydbb.data.images.MAX_PIXELS`)
     and the reader's one-line message in ``error``; later stages pass such rows through.
     """
 
@@ -46,6 +47,6 @@ class LoadStage(Stage):
                 images.append(read_image(path))
             except DataError as err:
                 images.append(empty_image())
-                reasons[i] = "error:image_read"
+                reasons[i] = "error:image_too_large" if isinstance(err, ImageTooLarge) else "error:image_read"
                 errors[i] = str(err)
         return {**batch, "source_image": object_column(images), "prune_reason": reasons, "error": errors}
