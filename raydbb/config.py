@@ -380,6 +380,36 @@ def resource_fields(model: type[Section] = RaydbbConfig, prefix: str = "") -> fr
     return frozenset(found)
 
 
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: tree}
+
+
+GENERATE_INPUTS = ("select", "mask", "inpaint", "prune", "generate", "seed")
+"""The config a generated sample depends on: a rerun into a folder made with other values would mix them."""
+
+
+def config_values(cfg: RaydbbConfig, prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """``{dotted.field: value}`` of ``cfg`` under ``prefixes`` (``"inpaint"``, ``"data.root"``),
+    resource fields left out: what a step's result depends on."""
+    resources = resource_fields()
+    flat = _flatten(cfg.model_dump(mode="json"))
+    return {k: v for k, v in sorted(flat.items())
+            if not any(k == f or k.startswith(f + ".") for f in resources)
+            and any(k == p or k.startswith(p + ".") for p in prefixes)}
+
+
+def changed_values(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``field: old -> new`` for every field whose value differs between two :func:`config_values`."""
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys
+            if old.get(k, "<unset>") != new.get(k, "<unset>")]
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from raydbb import storage
-from raydbb.config import RaydbbConfig, resource_fields
+from raydbb.config import GENERATE_INPUTS, RaydbbConfig, changed_values, config_values
 from raydbb.errors import ConfigError, RaydbbError
 from raydbb.ids import safe_join
 from raydbb.rundir import METRICS_FILE, RunDir
@@ -149,7 +149,7 @@ INVERT = Step(
 )
 GENERATE = Step(
     "generate", "select, mask, inpaint, prune -> OUT/images, OUT/manifest",
-    ("select", "mask", "inpaint", "prune", "generate", "seed"), _generate,
+    GENERATE_INPUTS, _generate,
     done_file=lambda c: RunDir(c.out).manifest,
     outputs=lambda c: RunDir(c.out).generated,
 )
@@ -205,24 +205,9 @@ def pipeline_steps(cfg: RaydbbConfig) -> list[Step]:
     return steps
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict) and tree:
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: tree}
-
-
-def _is_resource(key: str) -> bool:
-    return any(key == f or key.startswith(f + ".") for f in resource_fields())
-
-
 def step_inputs(step: Step, cfg: RaydbbConfig) -> dict[str, Any]:
     """The config values ``step`` depends on, as ``{dotted.field: value}`` (resource fields left out)."""
-    flat = _flatten(cfg.model_dump(mode="json"))
-    return {k: v for k, v in sorted(flat.items())
-            if not _is_resource(k) and any(k == p or k.startswith(p + ".") for p in step.inputs)}
+    return config_values(cfg, step.inputs)
 
 
 def fingerprint(inputs: dict[str, Any], upstream: dict[str, str | None]) -> str:
@@ -255,14 +240,8 @@ def _write_marker(out: str | Path, marker: dict[str, Any]) -> None:
     storage.write_text(_marker_path(out, marker["step"]), json.dumps(marker, indent=2, default=str) + "\n")
 
 
-def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys
-            if old.get(k, "<unset>") != new.get(k, "<unset>")]
-
-
 def _why_changed(marker: dict[str, Any], inputs: dict[str, Any], upstream: dict[str, str | None]) -> str:
-    changed = _changes(marker.get("inputs", {}), inputs)
+    changed = changed_values(marker.get("inputs", {}), inputs)
     rerun = [n for n, rid in upstream.items() if marker.get("upstream", {}).get(n) != rid]
     parts = []
     if changed:

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from raydbb.cli import main
+from raydbb.config import load_config
 from raydbb.data.images import read_image, read_mask
 from raydbb.engine.manifest import read_manifest
 
@@ -128,3 +129,26 @@ def test_bad_config_fails_in_one_line_before_scoring(setup_run, capsys, tmp_path
     assert main(["generate", "--config", str(config), f"out={tmp_path / 'none'}"]) == 2
     err = capsys.readouterr().err
     assert "ERM checkpoint" in err and "generate.classifier=DIR" in err
+
+
+def test_rerun_with_changed_settings_is_refused_then_recorded_when_allowed(ray_local, setup_run, capsys):
+    root, config = setup_run
+    out = root / "run"
+    if not (out / "manifest").is_dir():
+        _generate(config, capsys)
+    before = pd.read_parquet(out / "manifest")
+    changed = ["inpaint.guidance_scale=3.0", "prune.delta=0.5"]
+    assert main(["generate", "--config", str(config), "--no-progress", *changed]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds samples made with other settings" in err
+    assert "inpaint.guidance_scale: 2.0 -> 3.0" in err and "prune.delta: 0.0 -> 0.5" in err
+    assert "--allow-changed" in err and "raydbb prune" in err
+    # Nothing changed on disk: the recorded settings are still the ones the samples were made with.
+    assert load_config(out / "generate_config.yaml").inpaint.guidance_scale == 2.0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest"), before)
+
+    again = _generate(config, capsys, "--allow-changed", *changed)
+    assert again["written"] == 0  # every sample was already there
+    history = json.loads((out / "generate_changes.json").read_text())
+    assert history[-1]["changed"] == ["inpaint.guidance_scale: 2.0 -> 3.0", "prune.delta: 0.0 -> 0.5"]
+    _generate(config, capsys, "--allow-changed")  # back to the original settings for other tests

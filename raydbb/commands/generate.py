@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--engine", choices=["ray", "loop"], default="ray",
                         help="ray: Ray Data actor pools (default); loop: the same stages in one "
                              "sequential process (baseline for benchmarks and debugging)")
+    parser.add_argument("--allow-changed", action="store_true",
+                        help="add samples to an out whose earlier samples were made with other settings "
+                             "(refused by default; the change is recorded in OUT/generate_changes.json)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from raydbb.ddb.generate import format_summary, run_generate
 
     cfg = config_from_args(args)
-    summary = run_generate(cfg, engine=args.engine, progress=not args.no_progress)
+    summary = run_generate(cfg, engine=args.engine, progress=not args.no_progress,
+                           allow_changed=args.allow_changed)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

@@ -14,7 +14,9 @@ sample_id is already recorded, and tells the expand stage what is left (``todo``
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,7 @@ from raydbb.engine.stage import Stage, num_rows
 from raydbb.engine.stages.load import LoadStage, source_rows
 from raydbb.engine.stages.write import WriteStage
 from raydbb.engine.stats import format_stats
-from raydbb.errors import DataError, RaydbbError
+from raydbb.errors import ConfigError, DataError, RaydbbError
 from raydbb.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -190,13 +192,46 @@ def generation_stages(cfg: RaydbbConfig, class_names: list[str], ckpt: Path, tau
     return arrange(stages, cfg.generate.layout, cfg.generate.fused, "generate.fused")
 
 
+def check_same_settings(cfg: RaydbbConfig, allow_changed: bool = False) -> None:
+    """Refuse to add samples to a run folder whose manifest was made with other settings.
+
+    The settings are the :data:`~raydbb.config.GENERATE_INPUTS` recorded in ``generate_config.yaml``.
+    With ``allow_changed`` the change is appended to ``generate_changes.json`` (the run's provenance)
+    and the run goes on.
+    """
+    from raydbb.config import GENERATE_INPUTS, changed_values, config_values, load_config
+    from raydbb.engine.manifest import part_files
+
+    run = RunDir(cfg.out)
+    if not run.generate_config.is_file() or not part_files(run.root):
+        return
+    old = config_values(load_config(run.generate_config), GENERATE_INPUTS)
+    changed = changed_values(old, config_values(cfg, GENERATE_INPUTS))
+    if not changed:
+        return
+    if not allow_changed:
+        shown = "; ".join(changed[:4]) + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else "")
+        raise ConfigError(f"{run.root} holds samples made with other settings ({shown}); use another out, "
+                          "re-decide thresholds with raydbb prune, or pass --allow-changed to mix them "
+                          "(recorded in generate_changes.json)")
+    from raydbb import storage
+
+    log = run.root / "generate_changes.json"
+    history = json.loads(log.read_text()) if log.is_file() else []
+    history.append({"at": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed})
+    storage.write_json(log, history)
+
+
 def run_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool = True,
-                 repainter: RepainterFactory = diffusion_repainter) -> dict[str, Any]:
-    """The whole generate step for one config; returns the run summary."""
+                 repainter: RepainterFactory = diffusion_repainter,
+                 allow_changed: bool = False) -> dict[str, Any]:
+    """The whole generate step for one config; returns the run summary. A run folder whose samples
+    were made with other settings is refused (:func:`check_same_settings`)."""
     from raydbb.data.registry import load_records
     from raydbb.models.checkpoint import read_classifier_meta
 
     run = RunDir(cfg.out)
+    check_same_settings(cfg, allow_changed)
     run.root.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(run.generate_config)
     ckpt = classifier_dir(cfg, cfg.generate.classifier)
