@@ -359,6 +359,12 @@ class RaydbbConfig(Section):
     retrain: RetrainConfig = RetrainConfig()
     tune: TuneConfig = TuneConfig()
 
+    @model_validator(mode="after")
+    def _out_is_a_folder(self) -> RaydbbConfig:
+        if Path(self.out).is_file():
+            raise ValueError(f"out={self.out!r} is a file; expected a run folder (created when missing)")
+        return self
+
     def to_yaml(self, path: str | Path) -> None:
         """Write the fully resolved config (every default spelled out)."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)

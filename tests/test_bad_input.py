@@ -107,3 +107,67 @@ def test_image_past_pils_own_bomb_limit_is_one_line_too(tmp_path):
     Image.new("1", (20000, 10000)).save(tmp_path / "huge.png")  # 200 Mpx: PIL itself refuses it
     with pytest.raises(ImageTooLarge, match="huge.png.*limit here is 40 Mpx"):
         read_image(tmp_path / "huge.png")
+
+
+def test_out_pointing_at_a_file_is_one_line(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine\n")
+    assert main(["train-erm", f"out={target}"]) == 2
+    assert "is a file; expected a run folder" in _one_line_error(capsys)
+    assert target.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", "the file is empty"),
+    ("path,label\nimages/caf\xe9.png,0\n".encode("latin-1"), "not UTF-8 text (byte 21)"),
+])
+def test_unreadable_metadata_csv_is_one_line(tmp_path, capsys, content, expected):
+    (tmp_path / "metadata.csv").write_bytes(content)
+    assert main(["data", "inspect", "--dataset", "csv", "--root", str(tmp_path)]) == 2
+    assert expected in _one_line_error(capsys)
+
+
+def test_corrupt_manifest_part_is_one_line_for_prune_and_for_resume(tmp_path, capsys):
+    from raydbb.engine.manifest import finished_sample_ids
+    from raydbb.errors import DataError
+
+    (tmp_path / "manifest").mkdir()
+    (tmp_path / "manifest" / "part-00000.parquet").write_bytes(b"PAR1 not really parquet")
+    assert main(["prune", "--manifest", str(tmp_path), "--dry-run"]) == 2
+    assert "part-00000.parquet is unreadable" in _one_line_error(capsys)
+    with pytest.raises(DataError, match="unreadable .*move it aside"):
+        finished_sample_ids(tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "/etc/passwd", "images/../../x.png"])
+def test_manifest_paths_that_leave_the_run_folder_are_refused(tmp_path, bad):
+    import pyarrow as pa
+
+    from raydbb.engine.manifest import FIELDS, SCHEMA, read_manifest, write_part_atomic
+    from raydbb.errors import DataError
+
+    row = {name: [default] for name, _, default, _ in FIELDS}
+    row.update(sample_id=["s"], image_path=[bad], mask_path=[""], prune_reason=["kept"], kept=[True])
+    write_part_atomic(tmp_path / "manifest" / "part-00000.parquet", pa.table(row, schema=SCHEMA))
+    with pytest.raises(DataError, match="points outside the run folder"):
+        read_manifest(tmp_path)
+    assert read_manifest(tmp_path, resolve_paths=False)["image_path"].tolist() == [bad]
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(tmp_path):
+    import json
+
+    from raydbb.config import ClassifierConfig
+    from raydbb.errors import RaydbbError
+    from raydbb.models.checkpoint import load_classifier, save_classifier
+    from raydbb.models.classifier import build_classifier
+
+    cfg = ClassifierConfig(arch="small_cnn", pretrained=False, image_size=16, width=4)
+    save_classifier(build_classifier(cfg, 2), tmp_path, {"class_names": ["a", "b"]})
+    meta = json.loads((tmp_path / "classifier.json").read_text())
+    meta["width"] = 8  # the weights are width 4
+    (tmp_path / "classifier.json").write_text(json.dumps(meta))
+    with pytest.raises(RaydbbError, match=r"model.safetensors does not fit classifier.json \(arch=small_cnn, "
+                                          r"width=8, num_classes=2\): size mismatch") as err:
+        load_classifier(tmp_path)
+    assert "\n" not in str(err.value)

@@ -30,6 +30,7 @@ from raydbb.data.records import (
     ids_from_paths,
     make_frame,
     parse_splits,
+    read_metadata_csv,
     require_columns,
     require_files,
 )
@@ -117,7 +118,7 @@ def read_celeba(
         source = f"celeba {root / ATTR_FILE}"
     elif (root / csv_file).exists():
         source = f"celeba {root / csv_file}"
-        meta = pd.read_csv(root / csv_file, dtype=str, keep_default_na=False)
+        meta = read_metadata_csv(root / csv_file, source)
         require_columns(meta, ["image_id", "Blond_Hair", "Male", "split"], source)
     else:
         raise DataError(

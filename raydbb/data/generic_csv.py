@@ -34,6 +34,7 @@ from raydbb.data.records import (
     ids_from_paths,
     make_frame,
     parse_splits,
+    read_metadata_csv,
     require_columns,
     require_files,
 )
@@ -126,7 +127,7 @@ def read_generic_csv(
     csv_path = root / csv_file
     base = csv_path.parent
     source = f"{name} {csv_path}"
-    meta = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    meta = read_metadata_csv(csv_path, source)
     require_columns(meta, ["path", "label"], source)
     if meta.empty:
         raise DataError(f"{source}: no rows; expected one row per image")

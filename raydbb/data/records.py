@@ -128,6 +128,23 @@ def make_frame(
     )
 
 
+def read_metadata_csv(path: Path, source: str) -> pd.DataFrame:
+    """A metadata CSV as strings (empty cells stay ""); one line for an empty or non-UTF-8 file."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{source}: the file is empty; expected a header and one row per image") from None
+    except UnicodeDecodeError:
+        # pandas decodes in chunks, so its offset is not the file's: find the first bad byte here.
+        try:
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{source}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+        raise
+    except pd.errors.ParserError as err:
+        raise DataError(f"{source}: not a CSV table ({str(err).strip().splitlines()[-1]})") from None
+
+
 def require_files(root: Path, names: list[str], dataset: str) -> None:
     """Fail with one line if any of ``names`` is missing under ``root``."""
     if not root.is_dir():

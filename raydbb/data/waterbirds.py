@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from raydbb.data.records import (
     RecordSet,
     check_images_exist,
@@ -25,6 +23,7 @@ from raydbb.data.records import (
     make_frame,
     parse_codes,
     parse_splits,
+    read_metadata_csv,
     require_columns,
     require_files,
 )
@@ -40,7 +39,7 @@ def read_waterbirds(root: str | Path) -> RecordSet:
     root = Path(root).expanduser().absolute()
     require_files(root, [METADATA], "waterbirds")
     source = f"waterbirds {root / METADATA}"
-    meta = pd.read_csv(root / METADATA, dtype=str, keep_default_na=False)
+    meta = read_metadata_csv(root / METADATA, source)
     require_columns(meta, ["img_filename", "y", "place", "split"], source)
     if meta.empty:
         raise DataError(f"{source}: no rows; expected one row per image")

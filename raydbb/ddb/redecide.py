@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raydbb.ddb.prune_rules import KEPT, RULE_REASONS, decide
-from raydbb.engine.manifest import SCHEMA, part_files, write_part_atomic
+from raydbb.engine.manifest import SCHEMA, part_files, read_part, write_part_atomic
 from raydbb.engine.names import MANIFEST_DIR
 from raydbb.errors import DataError
 
@@ -69,7 +68,7 @@ def reprune(out: str | Path, delta: float, prob_rule: bool, tau: np.ndarray | No
     updates = []
     changed = 0
     for part in part_files(out):
-        table = pq.read_table(part, schema=SCHEMA)
+        table = read_part(part)
         new = redecide_table(table, delta, prob_rule, tau)
         old_reasons = table.column("prune_reason").to_pylist()
         new_reasons = new.column("prune_reason").to_pylist()

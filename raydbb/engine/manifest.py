@@ -189,10 +189,28 @@ def _part_locations(out: str | Path) -> tuple[pafs.FileSystem | None, list[str]]
 
 
 def _under(root: str | Path, rel: str) -> str:
-    """A manifest path (relative to OUT; '' = none) under ``root``, a local Path or a URI string."""
+    """A manifest path (relative to OUT; '' = none) under ``root``, a local Path or a URI string.
+
+    A path that is absolute or climbs out of the run folder (a foreign or edited manifest part) is
+    refused: retraining and the report read these files.
+    """
     if not rel:
         return ""
+    parts = rel.replace("\\", "/").split("/")
+    if rel.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts:
+        raise DataError(f"manifest path {rel!r} points outside the run folder {root}; expected a path "
+                        "relative to it, such as images/<sample_id>.png")
     return str(root / rel) if isinstance(root, Path) else storage.join(root, rel)
+
+
+def read_part(part: str | Path, filesystem: pafs.FileSystem | None = None,
+              columns: list[str] | None = None) -> pa.Table:
+    """One manifest part (all columns with :data:`SCHEMA`, or ``columns``); one line when unreadable."""
+    try:
+        return pq.read_table(part, schema=SCHEMA, columns=columns, filesystem=filesystem)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"manifest part {part} is unreadable ({str(err).splitlines()[0]}); move it aside "
+                        "and rerun generate: the samples it held are made again") from None
 
 
 def read_manifest(out: str | Path, resolve_paths: bool = True) -> pd.DataFrame:
@@ -204,10 +222,7 @@ def read_manifest(out: str | Path, resolve_paths: bool = True) -> pd.DataFrame:
     """
     fs, parts = _part_locations(out)
     if parts:
-        try:
-            table = pa.concat_tables([pq.read_table(p, schema=SCHEMA, filesystem=fs) for p in parts])
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(f"manifest under {storage.join(out, MANIFEST_DIR)} is unreadable: {err}") from err
+        table = pa.concat_tables([read_part(p, fs) for p in parts])
     else:
         table = SCHEMA.empty_table()
     frame = table.to_pandas()
@@ -223,7 +238,7 @@ def finished_sample_ids(out: str | Path) -> set[str]:
     fs, parts = _part_locations(out)
     ids: set[str] = set()
     for part in parts:
-        ids.update(pq.read_table(part, columns=["sample_id"], filesystem=fs).column("sample_id").to_pylist())
+        ids.update(read_part(part, fs, columns=["sample_id"]).column("sample_id").to_pylist())
     return ids
 
 

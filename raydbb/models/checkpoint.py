@@ -102,5 +102,11 @@ def load_classifier(ckpt_dir: str | Path, device: str | torch.device = "cpu") ->
     cfg = ClassifierConfig(arch=meta["arch"], width=meta["width"], image_size=meta["image_size"],
                            pretrained=False)
     model = build_classifier(cfg, int(meta["num_classes"]))
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as err:  # size mismatch, missing/unexpected keys, or an unreadable file
+        first = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), str(err).splitlines()[0])
+        raise RaydbbError(f"checkpoint {ckpt_dir}: {WEIGHTS_FILE} does not fit {META_FILE} (arch="
+                          f"{meta['arch']}, width={meta['width']}, num_classes={meta['num_classes']}): "
+                          f"{first}") from None
     return model.to(device).eval(), meta
