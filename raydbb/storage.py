@@ -17,6 +17,7 @@ metadata, ``~/.aws``); nothing here reads or stores them.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import uuid
@@ -196,3 +197,23 @@ def delete(location: str | Path, filesystem: pafs.FileSystem | None = None) -> N
 def write_json(location: str | Path, data: object, filesystem: pafs.FileSystem | None = None) -> str:
     """Write ``data`` as indented JSON, atomically (see :func:`write_bytes`)."""
     return write_text(location, json.dumps(data, indent=2) + "\n", filesystem)
+
+
+def _umask() -> int:
+    status = Path("/proc/self/status")
+    if status.is_file():  # Linux: read it without changing it (os.umask is process-wide and racy)
+        for line in status.read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def creation_mode(directory: bool = False) -> int:
+    """The mode a newly created file (or folder) gets under this process's umask.
+
+    Atomic writes go through ``mkstemp``/``mkdtemp``, which make owner-only entries; they take this
+    mode before being moved into place, so outputs are as shared as the user's umask says.
+    """
+    return (0o777 if directory else 0o666) & ~_umask()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -125,3 +127,20 @@ def test_manifest_reads_back_through_a_file_uri(tmp_path: Path) -> None:
     assert storage.read_bytes(remote["image_path"][0]) == b"png bytes"
     assert finished_sample_ids(uri) == set(ids) == finished_sample_ids(tmp_path)
     assert read_manifest(f"file://{tmp_path}/no-run-here").empty
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_outputs_follow_the_umask(tmp_path, umask):
+    import numpy as np
+
+    from raydbb.data.images import write_png_atomic
+    from raydbb.engine.manifest import SCHEMA, write_part_atomic
+
+    old = os.umask(umask)
+    try:
+        png = write_png_atomic(tmp_path / "a.png", np.zeros((2, 2), dtype=bool))
+        part = write_part_atomic(tmp_path / "p.parquet", SCHEMA.empty_table())
+    finally:
+        os.umask(old)
+    for path in (png, part):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from raydbb import storage
 from raydbb.errors import DataError
 
 MAX_PIXELS = 40_000_000
@@ -96,7 +97,7 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             Image.fromarray(arr).save(handle, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; outputs are shared with other users
+        os.chmod(tmp, storage.creation_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -106,7 +106,7 @@ def write_part_atomic(path: Path, table: pa.Table) -> Path:
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, storage.creation_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from raydbb import storage
 from raydbb.config import ClassifierConfig
 from raydbb.errors import RaydbbError
 
@@ -34,7 +35,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; checkpoints are shared with others
+        os.chmod(tmp, storage.creation_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

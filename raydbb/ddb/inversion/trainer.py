@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raydbb import storage
 from raydbb.config import InvertConfig
 from raydbb.ddb.inversion.model import InpaintModel
 from raydbb.ddb.inversion.pool import PoolImage
@@ -269,7 +270,7 @@ class TokenTrainer:
         save_file(moments, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps(
             {"step": step, "losses": losses, "scaler": self.scaler.state_dict(), "settings": settings}))
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, storage.creation_mode(directory=True))
         os.replace(tmp, final)
 
     def load_checkpoint(self, path: Path) -> tuple[int, list[float]]:
