@@ -238,3 +238,23 @@ def test_runtime_env_file_and_working_dir_shape_the_job(tmp_path: Path) -> None:
     assert plain_command(args, plan) == (
         f"ray job submit --address http://head:8265 --runtime-env {env_file} "
         f"--working-dir {tmp_path / 'proj'} --entrypoint-num-gpus 1 --no-wait -- " + plan["entrypoint"])
+
+
+def test_submit_waits_for_the_job_agent_then_gives_one_line():
+    from raydbb.commands.submit import AGENT_NOT_READY, submit_when_ready
+    from raydbb.errors import RaydbbError
+
+    answers = [RuntimeError(f"Request failed: {AGENT_NOT_READY}, please try again later"),
+               RuntimeError(AGENT_NOT_READY), "raysubmit_1"]
+
+    def submit():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert submit_when_ready(submit, wait_s=5, poll_s=0.01) == "raysubmit_1" and answers == []
+    with pytest.raises(RaydbbError, match="no agent ready after 0 s"):
+        submit_when_ready(lambda: (_ for _ in ()).throw(RuntimeError(AGENT_NOT_READY)), wait_s=0, poll_s=0)
+    with pytest.raises(RuntimeError, match="something else"):  # other failures are not retried
+        submit_when_ready(lambda: (_ for _ in ()).throw(RuntimeError("something else")), wait_s=5)

@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,26 @@ def _client(address: str | None) -> Any:
                           f"{str(err).splitlines()[0]}") from err
 
 
+AGENT_NOT_READY = "No available agent to submit job"
+"""What the job server answers for a few seconds after `ray start`, before its agent is up."""
+
+
+def submit_when_ready(submit: Callable[[], str], wait_s: float = 60.0, poll_s: float = 2.0) -> str:
+    """``submit()``, retried while the job server says its agent is not up yet (at most ``wait_s``)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return submit()
+        except RuntimeError as err:
+            if AGENT_NOT_READY not in str(err):
+                raise
+            if time.monotonic() >= deadline:
+                raise RaydbbError(f"the Ray job server had no agent ready after {wait_s:.0f} s (it answers "
+                                  f"'{AGENT_NOT_READY}' right after ray start); try again in a minute") \
+                    from None
+            time.sleep(poll_s)
+
+
 async def _tail(client: Any, job_id: str) -> None:
     async for chunk in client.tail_job_logs(job_id):
         print(chunk, end="", flush=True)
@@ -213,11 +234,11 @@ def run(args: argparse.Namespace) -> int:
             stage = Path(tempfile.mkdtemp(prefix="raydbb-submit-"))
             shutil.copy2(plan["stage_config"], stage / plan["stage_config"].name)
             runtime_env["working_dir"] = str(stage)
-        job_id = client.submit_job(
+        job_id = submit_when_ready(lambda: client.submit_job(
             entrypoint=plan["entrypoint"], runtime_env=runtime_env, submission_id=args.submission_id,
             entrypoint_num_cpus=args.entrypoint_num_cpus, entrypoint_num_gpus=args.entrypoint_num_gpus,
             metadata={"raydbb_step": args.step, "raydbb_out": str(plan["cfg"].out)},
-        )
+        ))
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
