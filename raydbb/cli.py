@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from raydbb.config import parse_args
 from raydbb.errors import RaydbbError
 
 # Modules that define ``register(subparsers)``; imported lazily so ``--help`` stays fast.
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -7,6 +7,7 @@ synthetic benchmark; the YAML files in ``jobs/configs/`` set the values for real
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -505,6 +506,24 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
         "overrides", nargs="*", metavar="section.field=value",
         help="override any config field, e.g. train.epochs=3 data.root=/data/waterbirds",
     )
+
+
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)*=")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` with options anywhere: ``section.field=value`` overrides may come before,
+    between or after options (argparse alone takes only the first run of positionals)."""
+    args, extra = parser.parse_known_args(argv)
+    late = [a for a in extra if OVERRIDE.match(a)]
+    unknown = [a for a in extra if not OVERRIDE.match(a)]
+    if late and not hasattr(args, "overrides"):
+        unknown = extra
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> RaydbbConfig:

@@ -171,3 +171,22 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(tmp_path):
                                           r"width=8, num_classes=2\): size mismatch") as err:
         load_classifier(tmp_path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("argv", [
+    ["retrain", "--config", "F", "out=X", "--fast", "train.epochs=2"],
+    ["retrain", "out=X", "--fast", "--config", "F", "train.epochs=2"],
+    ["retrain", "--fast", "out=X", "train.epochs=2", "--config", "F"],
+])
+def test_options_and_overrides_in_any_order(argv):
+    from raydbb.cli import build_parser
+    from raydbb.config import parse_args
+
+    args = parse_args(build_parser(), argv)
+    assert args.fast and args.config == "F" and args.overrides == ["out=X", "train.epochs=2"]
+
+
+def test_unknown_argument_is_still_refused(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["retrain", "out=X", "--fastest"])
+    assert err.value.code == 2 and "unrecognized arguments: --fastest" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from raydbb.config import parse_args
 from raydbb.errors import RaydbbError
 
 
@@ -39,7 +40,7 @@ def build_parser(step: str | None) -> argparse.ArgumentParser:
 
 def main(step: str | None = None, argv: list[str] | None = None) -> int:
     """Entry of ``python -m raydbb.jobs.<step>``; returns the process exit code."""
-    args = build_parser(step).parse_args(argv)
+    args = parse_args(build_parser(step), argv)
     try:
         from raydbb.config import config_from_args
         from raydbb.workflow import run_steps
