@@ -205,3 +205,18 @@ def test_same_config_and_seed_give_identical_metrics_and_weights(ray_local, tiny
     assert metrics[0] == metrics[1]
     weights = [load_classifier(out / "erm")[0].state_dict() for out in runs]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_evaluate_never_replaces_the_training_record(ray_local, tiny_dataset, tmp_path, capsys):
+    cfg = _config(tiny_dataset, tmp_path / "run", "train.num_workers=0", "train.epochs=1")
+    train_erm(cfg)
+    erm = tmp_path / "run" / "erm"
+    record = (erm / "metrics.json").read_text()
+    assert main(["evaluate", "--checkpoint", str(erm), "--dataset", "csv", "--root", str(tiny_dataset)]) == 0
+    assert (erm / "metrics.json").read_text() == record
+    assert set(json.loads((erm / "evaluation-csv.json").read_text())) >= {"val", "test"}
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(erm), "--dataset", "csv", "--root", str(tiny_dataset),
+                 "--out", str(erm / "metrics.json")]) == 2
+    assert "training record" in capsys.readouterr().err
+    assert (erm / "metrics.json").read_text() == record

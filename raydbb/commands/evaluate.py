@@ -6,12 +6,16 @@ import argparse
 from pathlib import Path
 
 from raydbb.config import DATASETS, add_config_args, config_from_args
+from raydbb.errors import ConfigError
+from raydbb.ids import sanitize_id
+from raydbb.rundir import RunDir
 
 HELP = """\
 Evaluate a checkpoint folder (model.safetensors + classifier.json, as written by train-erm) on a
 dataset and print, per split, the accuracy of every (class, spurious) group, the worst-group
 accuracy, the average over all samples and the average weighted by the TRAINING group
-proportions (the Waterbirds convention). Writes the same numbers to metrics.json.
+proportions (the Waterbirds convention). Writes the same numbers to CHECKPOINT/evaluation-<dataset>.json
+(--out to choose); the checkpoint's own metrics.json (its training record) is never replaced.
 
 The dataset comes from --dataset/--root, or from the data section of --config (plus overrides);
 the checkpoint defaults to OUT/erm of the config.
@@ -24,7 +28,7 @@ Examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="per-group / worst-group accuracy of a checkpoint, written to metrics.json",
+        "evaluate", help="per-group / worst-group accuracy of a checkpoint on a dataset's val and test",
         description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", metavar="DIR",
@@ -32,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", choices=DATASETS, help="dataset format (overrides data.name)")
     parser.add_argument("--root", metavar="DIR", help="dataset folder (overrides data.root)")
     parser.add_argument("--splits", default="val,test", help="comma-separated splits (default val,test)")
-    parser.add_argument("--out", metavar="FILE", help="metrics file (default: CHECKPOINT/metrics.json)")
+    parser.add_argument("--out", metavar="FILE",
+                        help="metrics file (default: CHECKPOINT/evaluation-<dataset>.json)")
     parser.add_argument("--device", help="torch device, e.g. cuda (default: the config's device)")
     add_config_args(parser)
     parser.set_defaults(func=run)
@@ -48,11 +53,13 @@ def run(args: argparse.Namespace) -> int:
         cfg.data.name = args.dataset
     if args.root:
         cfg.data.root = args.root
-    ckpt = Path(args.checkpoint) if args.checkpoint else Path(cfg.out) / "erm"
+    ckpt = Path(args.checkpoint) if args.checkpoint else RunDir(cfg.out).erm
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     records = load_records(cfg.data)
     metrics = evaluate_checkpoint(ckpt, records, splits, device=args.device or cfg.device, progress=True)
-    out = Path(args.out) if args.out else ckpt / "metrics.json"
+    out = Path(args.out) if args.out else ckpt / f"evaluation-{sanitize_id(records.name)}.json"
+    if out.resolve() == (ckpt / "metrics.json").resolve():
+        raise ConfigError(f"--out {out}: that is the checkpoint's training record; choose another file")
     write_metrics(out, metrics, run={"checkpoint": str(ckpt), "dataset": records.name,
                                      "data_root": str(cfg.data.root)})
     print(format_group_table(metrics, title=f"{ckpt} on {records.name} ({cfg.data.root})"))
