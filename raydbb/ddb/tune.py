@@ -5,7 +5,8 @@ trained on backbone features computed once (:func:`raydbb.ddb.retrain.head.build
 and shared with all trials through Ray's object store (``tune.with_parameters``). Thresholds are
 re-applied to the scores stored in the manifest (:func:`raydbb.ddb.retrain.repaints.select_repaints`),
 so no trial regenerates or re-scores an image. Trials report validation numbers after every epoch
-and ASHA stops the unpromising ones; the search stops after ``tune.num_samples`` trials or ``tune.time_budget_s``.
+and ASHA stops the unpromising ones; the search stops after ``tune.num_samples`` trials or
+``tune.time_budget_s``.
 
 The search space, per run:
 
