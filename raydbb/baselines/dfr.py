@@ -47,6 +47,12 @@ def balanced_subsets(groups: np.ndarray, n_subsets: int, rng: np.random.Generato
                                     for g in present])) for _ in range(n_subsets)]
 
 
+def halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Step 1: a seeded split of ``n`` validation rows into the half that fits and the half that chooses C."""
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2:])
+
+
 def fit_l1_logreg(x: np.ndarray, y: np.ndarray, num_classes: int, C: float,
                   steps: int = 300) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression minimising ‖W‖₁ + C · Σ_i CE_i (bias unpenalised), by proximal
@@ -89,9 +95,8 @@ def run(ctx: MethodContext, grid: dict[str, list[Any]]) -> MethodResult:
     x, y, g = feats["val"], val["label"].to_numpy(), val["group"].to_numpy()
     k = ctx.records.num_classes
     n_subsets = int(grid.get("n_subsets", [10])[0])
-    rng = np.random.default_rng(ctx.cfg.seed)
-    order = rng.permutation(len(val))
-    fit_rows, choose_rows = np.sort(order[: len(val) // 2]), np.sort(order[len(val) // 2:])
+    fit_rows, choose_rows = halves(len(val), ctx.cfg.seed)
+
     def one(i: int, hp: dict[str, Any]):
         W, b = fit_on_subsets(x[fit_rows], y[fit_rows], g[fit_rows], k, float(hp["C"]), n_subsets,
                               np.random.default_rng(ctx.cfg.seed))
