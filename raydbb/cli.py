@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "raydbb.commands.train_inpainter",
     "raydbb.commands.demo",
     "raydbb.commands.report",
+    "raydbb.commands.compare",
 ]
 
 DESCRIPTION = """\
