@@ -41,7 +41,7 @@ class GroupDROLoss:
     """``loss_fn(logits, labels, index)`` of GroupDRO; ``groups[i]`` = group of training row i."""
 
     def __init__(self, groups: np.ndarray, num_groups: int, eta: float) -> None:
-        groups = np.asarray(groups, dtype=np.int64)
+        groups = np.array(groups, dtype=np.int64)  # a private, writable copy
         if (groups < 0).any() or (groups >= num_groups).any():
             raise ValueError("GroupDRO needs a known group for every training row")
         self.groups = torch.from_numpy(groups)

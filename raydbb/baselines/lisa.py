@@ -53,7 +53,7 @@ class LisaBatch:
     """The :data:`~raydbb.training.worker.BatchHook` of LISA: selective mixup of a training batch."""
 
     def __init__(self, spurious: np.ndarray, num_classes: int, p_sel: float, alpha: float) -> None:
-        self.spurious = torch.from_numpy(np.asarray(spurious, dtype=np.int64))
+        self.spurious = torch.from_numpy(np.array(spurious, dtype=np.int64))  # a writable copy
         self.num_classes, self.p_sel, self.alpha = num_classes, float(p_sel), float(alpha)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor,
