@@ -112,3 +112,33 @@ def test_table_marks_groupdro_and_carries_paper_wga():
     assert "| ERM | ✗/✓ | 2 | 60.0 ± 14.1 |" in table and "| 74.6 |" in table
     assert "GroupDRO (reference upper bound: uses train group labels) | ✓/✓ | 1 | 80.0 |" in table
     assert "DISC (paper only, not run)" in table and "88.7" in table
+
+
+def test_every_baseline_runs_end_to_end_in_process(ray_local, small_dataset, tmp_path):
+    """GroupDRO, DFR, AFR, LISA, MaskTune and DaC at a tiny size, one seed, one-point grids (in-process)."""
+    out = tmp_path / "run"
+    cfg = load_config(None, [*_overrides(small_dataset, out), "retrain.epochs=1"])
+    grids = {"groupdro": {"weight_decay": [0.1]}, "afr": {"gamma": [0.0, 4.0], "lambda": [0.1]},
+             "masktune": {"fraction": [0.2]}, "dac": {"mask_fraction": [0.5]},
+             "dfr": {"C": [1.0, 0.1], "n_subsets": [3]}}
+    methods = ["groupdro", "dfr", "afr", "lisa", "masktune", "dac"]
+    summary = run_compare(cfg, methods, [0], grids, use_ray=False)
+    docs = {d["method"]: d for d in summary["results"]}
+    assert set(docs) == {"erm", *methods}  # ERM added: DFR, MaskTune and DaC start from it
+    for name, doc in docs.items():
+        assert {"val", "test"} <= set(doc["metrics"]), name
+        for key, values in doc["grid"].items():
+            assert doc["hparams"][key] in values, (name, key)
+    runs = out / "compare" / "runs"
+    assert json.loads((runs / "groupdro" / "seed_0" / "trial_0" / "classifier.json").read_text())[
+        "train_config"]["weight_decay"] == 0.1
+    assert docs["masktune"]["selection"].startswith("validation average accuracy")
+    assert docs["dfr"]["selection"].startswith("WGA on the held-out half of val")
+    assert len(docs["afr"]["trials"]) == 2 and sum(t["chosen"] for t in docs["afr"]["trials"]) == 1
+    assert len(list((runs / "masktune" / "seed_0" / "masked_0").glob("*.png"))) == 18  # every train image
+    assert list((runs / "dac" / "seed_0" / "composed_0").glob("*__*.png"))
+    dfr_meta = json.loads((runs / "dfr" / "seed_0" / "model" / "classifier.json").read_text())
+    assert dfr_meta["head_only"] and dfr_meta["init_checkpoint"].endswith("erm/seed_0/model")
+    table = summary["table"].read_text()
+    assert "GroupDRO (reference upper bound: uses train group labels) | ✓/✓" in table
+    assert "| MaskTune | ✗/✗ |" in table and "| DFR | ✗/✓✓ |" in table and "| LISA | ✓/✓ |" in table
