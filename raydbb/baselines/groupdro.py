@@ -14,7 +14,6 @@ With several Ray Train workers each rank keeps its own q, updated from its own b
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -65,7 +64,7 @@ def run(ctx: MethodContext, grid: dict[str, list[Any]]) -> MethodResult:
         cfg_train = ctx.cfg.train.model_copy(update={"weight_decay": float(hp["weight_decay"])})
         spec = method_spec(ctx, "groupdro", train=cfg_train, meta={"hparams": hp},
                            loss_fn=GroupDROLoss(groups, len(ctx.group_names), hp["eta"]))
-        result = fit(ctx, replace(spec), train, ctx.out_dir / f"trial_{i}")
+        result = fit(ctx, spec, train, ctx.out_dir / f"trial_{i}")
         return result.metrics["val"], result
 
     best, trials, results = grid_search(grid_points(grid), one)
