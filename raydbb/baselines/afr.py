@@ -43,7 +43,7 @@ def weights(p_true: np.ndarray, gamma: float) -> np.ndarray:
 def true_class_probability(x: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """p̂_{y_i}(x_i) of the linear head on features ``x``."""
     logits = torch.as_tensor(x @ weight.T + bias, dtype=torch.float64)
-    return logits.softmax(1)[torch.arange(len(y)), torch.as_tensor(y)].numpy()
+    return logits.softmax(1)[torch.arange(len(y)), torch.as_tensor(np.array(y, dtype=np.int64))].numpy()
 
 
 def afr_loss(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
