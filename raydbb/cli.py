@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "raydbb.commands.train_inpainter",
     "raydbb.commands.demo",
     "raydbb.commands.report",
+    "raydbb.commands.compare",
 ]
 
 DESCRIPTION = """\

@@ -13,6 +13,7 @@
       manifest/ images/ masks/   the generated samples (see raydbb.engine.manifest)
       ddb/                   the retrained (DDB) checkpoint
       tune/                  threshold search: trials.csv, best.yaml
+      compare/               raydbb compare: results.csv, table.md, runs/<method>/seed_<k>/result.json
       metrics.json           group metrics of every checkpoint on val and test
       report.html            the run's report
 """
@@ -114,6 +115,14 @@ class RunDir:
     @property
     def tune(self) -> Path:
         return self._p("tune")
+
+    @property
+    def compare(self) -> Path:
+        return self._p("compare")
+
+    def compare_run(self, method: str, seed: int) -> Path:
+        """The folder of one method x seed of ``raydbb compare``."""
+        return self._p("compare", "runs", sanitize_id(method), f"seed_{int(seed)}")
 
     @property
     def metrics(self) -> Path:

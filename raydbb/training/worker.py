@@ -31,6 +31,12 @@ from raydbb.models.checkpoint import save_classifier, unwrap
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(logits (B,C), labels (B,), index (B,)) -> scalar``; index = rows of the train frame."""
 
+BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``batch_fn(images, labels, index) -> (images, targets)``: rewrites a training batch before the
+forward pass (e.g. mixup); ``targets`` may be class indices (B,) or class probabilities (B,C),
+and go to ``loss_fn`` as its ``labels``. Randomness should come from torch's global RNG, which
+each rank seeds."""
+
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the batch (plain ERM); ``index`` is unused."""
@@ -46,6 +52,9 @@ class FitSpec:
     ``head_only`` trains the linear head alone, with the backbone frozen in eval mode.
     ``final_splits`` are evaluated with the selected weights at the end (on the training
     devices); ``meta`` is added to the checkpoint's ``classifier.json``.
+    ``batch_fn`` (optional, :data:`BatchHook`) rewrites each training batch before the forward
+    pass; ``select_last`` keeps the last epoch instead of the best validation epoch (a model
+    trained for a fixed number of epochs, e.g. JTT's identification model).
     """
 
     train: TrainConfig
@@ -58,6 +67,8 @@ class FitSpec:
     loss_fn: BatchLoss = cross_entropy_loss
     meta: dict[str, Any] = field(default_factory=dict)
     name: str = "erm"
+    batch_fn: BatchHook | None = None
+    select_last: bool = False
 
     def __post_init__(self) -> None:
         if (self.classifier is None) == (self.init_checkpoint is None):
@@ -211,6 +222,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         for images, labels, _, index in loader:
             images = images.to(device, non_blocking=True)
             labels, index = labels.to(device), index.to(device)
+            if spec.batch_fn is not None:
+                images, labels = spec.batch_fn(images, labels, index)
             loss = spec.loss_fn(model(images), labels, index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -223,7 +236,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
         val = _sharded_metrics(model, val_frame, spec, image_size, device, rank, world)
         key = selection_key(val)
-        selected = best_key is None or key > best_key
+        selected = best_key is None or key > best_key or spec.select_last
         if selected:
             best_key, best_val, best_epoch = key, val, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}
@@ -252,7 +265,8 @@ def _checkpoint_meta(spec: FitSpec, epoch: int, val: dict[str, Any]) -> dict[str
         "class_names": list(spec.class_names),
         "group_names": list(spec.group_names),
         "epoch": epoch,
-        "selection": "val worst_group_accuracy (ties: val average_accuracy)",
+        "selection": ("last epoch" if spec.select_last
+                      else "val worst_group_accuracy (ties: val average_accuracy)"),
         "val_metrics": val,
         "train_config": spec.train.model_dump(mode="json"),
         "init_checkpoint": spec.init_checkpoint,

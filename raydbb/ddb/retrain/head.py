@@ -32,6 +32,7 @@ from raydbb.ddb.retrain.run import (
 from raydbb.errors import DataError, RaydbbError
 from raydbb.models.threads import torch_threads
 from raydbb.rundir import RunDir
+from raydbb.training.features import extract_features
 
 SCORE_COLUMNS = ("sample_id", "target_label", "p_source", "tau", "ig_score", "kept", "prune_reason")
 """Columns of the candidate repaints a :class:`FeatureCache` keeps (what re-deciding needs)."""
@@ -58,25 +59,6 @@ class FeatureCache:
     val_g: np.ndarray
     candidates: pd.DataFrame
     candidate_x: np.ndarray
-
-
-@torch.no_grad()
-def extract_features(model: torch.nn.Module, frame: pd.DataFrame, image_size: int,
-                     device: str | torch.device = "cpu", batch_size: int = 128, desc: str = "features",
-                     progress: bool = False) -> np.ndarray:
-    """``model.features`` of every row of ``frame`` (evaluation transform, eval mode), float32 (N, D)."""
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from raydbb.data.torch_dataset import ImageRecords
-    from raydbb.models.transforms import EvalTransform
-
-    model.eval()
-    loader = DataLoader(ImageRecords(frame, EvalTransform(image_size)), batch_size=batch_size, shuffle=False)
-    chunks = [model.features(images.to(device)).float().cpu().numpy()
-              for images, *_ in tqdm(loader, desc=desc, disable=not progress, leave=False)]
-    dim = model.head.in_features
-    return np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
 
 
 def build_feature_cache(cfg: RaydbbConfig, inputs: RetrainInputs, progress: bool = True) -> FeatureCache:

@@ -1,0 +1,144 @@
+"""``raydbb compare`` end to end at a tiny size: ERM + JTT, two seeds, each a Ray task; rerun skips.
+
+DDB itself is not part of this test (its workflow inverts tokens and runs a diffusion inpainter:
+minutes, not seconds); the compare machinery treats it like any other method.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from test_erm import _write_dataset
+
+from raydbb.cli import main
+from raydbb.compare import parse_grid_overrides, plan, run_compare
+from raydbb.config import load_config
+from raydbb.errors import ConfigError
+
+GROUPS = [("red", "grass"), ("red", "sand"), ("blue", "grass"), ("blue", "sand")]
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    counts = {"train": dict(zip(GROUPS, (8, 2, 2, 6), strict=True)),
+              "val": dict.fromkeys(GROUPS, 2), "test": dict.fromkeys(GROUPS, 2)}
+    return _write_dataset(tmp_path_factory.mktemp("cmp"), counts)
+
+
+def _overrides(dataset, out):
+    return [f"out={out}", "data.name=csv", f"data.root={dataset}",
+            "classifier.arch=small_cnn", "classifier.pretrained=false", "classifier.image_size=16",
+            "classifier.width=4", "train.epochs=2", "train.batch_size=8", "train.lr=0.01",
+            "train.optimizer=adam", "train.num_workers=0", "train.augment=false"]
+
+
+def test_compare_erm_and_jtt_two_seeds_then_resume(ray_local, small_dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["compare", "--methods", "erm,jtt", "--seeds", "0,1", "--grid", "jtt.T=1",
+            "--grid", "jtt.lambda_up=3", "--max-parallel", "2", *_overrides(small_dataset, out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished in") == 4 and "skipped" not in printed.split("wrote")[0]
+
+    rows = pd.read_csv(out / "compare" / "results.csv")
+    assert len(rows) == 2 * 2 * 2  # method x seed x split
+    assert set(map(tuple, rows[["method", "seed", "split"]].to_numpy().tolist())) == {
+        (m, s, sp) for m in ("erm", "jtt") for s in (0, 1) for sp in ("val", "test")}
+    for col in ("worst_group_accuracy", "average_accuracy", "weighted_average_accuracy", "train_group_labels",
+                "val_group_labels", "hparams", "grid", "selection", "wall_seconds", "acc[red/sand]"):
+        assert col in rows.columns, col
+    assert rows["worst_group_accuracy"].between(0, 1).all()
+    jtt = rows[rows["method"] == "jtt"].iloc[0]
+    assert (jtt["train_group_labels"], jtt["val_group_labels"]) == ("✗", "✓")
+    assert json.loads(jtt["grid"]) == {"T": [1], "lambda_up": [3]}
+    assert json.loads(jtt["hparams"])["T"] == 1
+
+    doc = json.loads((out / "compare" / "runs" / "jtt" / "seed_1" / "result.json").read_text())
+    assert doc["trials"][0]["chosen"] and doc["trials"][0]["error_set_size"] >= 0
+    ident_file = out / "compare" / "runs" / "jtt" / "seed_1" / "identify_T1" / "classifier.json"
+    ident = json.loads(ident_file.read_text())
+    assert ident["epoch"] == 1 and ident["selection"] == "last epoch"
+
+    table = (out / "compare" / "table.md").read_text()
+    assert "| ERM | ✗/✓ | 2 |" in table and "| JTT | ✗/✓ | 2 |" in table and " ± " in table
+    assert "paper WGA" not in table  # a csv dataset: no paper column
+
+    # Rerun: every method x seed is skipped, the outputs are the same.
+    before = (out / "compare" / "results.csv").read_text()
+    summary = run_compare(load_config(None, _overrides(small_dataset, out)), ["erm", "jtt"], [0, 1],
+                          parse_grid_overrides(["jtt.T=1", "jtt.lambda_up=3"]))
+    assert summary["ran"] == [] and len(summary["skipped"]) == 4
+    assert (out / "compare" / "results.csv").read_text() == before
+
+    # A changed grid changes only that method's fingerprints (it would run again; ERM would not).
+    cfg = load_config(None, _overrides(small_dataset, out))
+    old = {(j.method, j.seed): j.fingerprint for w in plan(cfg, ["erm", "jtt"], [0, 1], {"jtt": {"T": [1]}})
+           for j in w}
+    new = {(j.method, j.seed): j.fingerprint for w in plan(cfg, ["erm", "jtt"], [0, 1], {"jtt": {"T": [2]}})
+           for j in w}
+    assert old[("erm", 0)] == new[("erm", 0)] and old[("jtt", 0)] != new[("jtt", 0)]
+
+
+def test_compare_plan_runs_erm_first_and_adds_it_when_needed(tmp_path):
+    cfg = load_config(None, [f"out={tmp_path}"])
+    waves = plan(cfg, ["dfr"], [0, 1])
+    assert [[(j.method, j.seed) for j in w] for w in waves] == [[("erm", 0), ("erm", 1)],
+                                                                [("dfr", 0), ("dfr", 1)]]
+    assert waves[1][0].erm_dir == tmp_path / "compare" / "runs" / "erm" / "seed_0" / "model"
+    with pytest.raises(ConfigError, match="unknown method"):
+        plan(cfg, ["erm", "nope"], [0])
+    with pytest.raises(ConfigError, match="expected method.param"):
+        parse_grid_overrides(["jtt"])
+
+
+def test_table_marks_groupdro_and_carries_paper_wga():
+    from raydbb.compare import format_table, result_rows
+
+    def doc(method, seed, wga):
+        m = {"worst_group_accuracy": wga, "average_accuracy": 0.9, "weighted_average_accuracy": 0.95,
+             "worst_group": "a", "group_accuracy": {"a": wga}}
+        from raydbb.baselines.registry import METHODS
+
+        meth = METHODS[method]
+        return {"method": method, "seed": seed, "reference_upper_bound": meth.reference,
+                "train_group_labels": meth.train_labels, "val_group_labels": meth.val_labels,
+                "metrics": {"val": m, "test": m}, "hparams": {}, "grid": {}, "selection": "val WGA",
+                "wall_seconds": 1.0}
+
+    docs = [doc("erm", 0, 0.5), doc("erm", 1, 0.7), doc("groupdro", 0, 0.8)]
+    table = format_table(result_rows(docs), docs, "waterbirds")
+    assert "| ERM | ✗/✓ | 2 | 60.0 ± 14.1 |" in table and "| 74.6 |" in table
+    assert "GroupDRO (reference upper bound: uses train group labels) | ✓/✓ | 1 | 80.0 |" in table
+    assert "DISC (paper only, not run)" in table and "88.7" in table
+
+
+def test_every_baseline_runs_end_to_end_in_process(ray_local, small_dataset, tmp_path):
+    """GroupDRO, DFR, AFR, LISA, MaskTune and DaC at a tiny size, one seed, one-point grids (in-process)."""
+    out = tmp_path / "run"
+    cfg = load_config(None, [*_overrides(small_dataset, out), "retrain.epochs=1"])
+    grids = {"groupdro": {"weight_decay": [0.1]}, "afr": {"gamma": [0.0, 4.0], "lambda": [0.1]},
+             "masktune": {"fraction": [0.2]}, "dac": {"mask_fraction": [0.5]},
+             "dfr": {"C": [1.0, 0.1], "n_subsets": [3]}}
+    methods = ["groupdro", "dfr", "afr", "lisa", "masktune", "dac"]
+    summary = run_compare(cfg, methods, [0], grids, use_ray=False)
+    docs = {d["method"]: d for d in summary["results"]}
+    assert set(docs) == {"erm", *methods}  # ERM added: DFR, MaskTune and DaC start from it
+    for name, doc in docs.items():
+        assert {"val", "test"} <= set(doc["metrics"]), name
+        for key, values in doc["grid"].items():
+            assert doc["hparams"][key] in values, (name, key)
+    runs = out / "compare" / "runs"
+    assert json.loads((runs / "groupdro" / "seed_0" / "trial_0" / "classifier.json").read_text())[
+        "train_config"]["weight_decay"] == 0.1
+    assert docs["masktune"]["selection"].startswith("validation average accuracy")
+    assert docs["dfr"]["selection"].startswith("WGA on the held-out half of val")
+    assert len(docs["afr"]["trials"]) == 2 and sum(t["chosen"] for t in docs["afr"]["trials"]) == 1
+    assert len(list((runs / "masktune" / "seed_0" / "masked_0").glob("*.png"))) == 18  # every train image
+    assert list((runs / "dac" / "seed_0" / "composed_0").glob("*__*.png"))
+    dfr_meta = json.loads((runs / "dfr" / "seed_0" / "model" / "classifier.json").read_text())
+    assert dfr_meta["head_only"] and dfr_meta["init_checkpoint"].endswith("erm/seed_0/model")
+    table = summary["table"].read_text()
+    assert "GroupDRO (reference upper bound: uses train group labels) | ✓/✓" in table
+    assert "| MaskTune | ✗/✗ |" in table and "| DFR | ✗/✓✓ |" in table and "| LISA | ✓/✓ |" in table
