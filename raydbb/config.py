@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from raydbb.errors import ConfigError
+from raydbb.errors import ConfigError, RaydbbError
 
 DATASETS = ("waterbirds", "celeba", "metashift", "csv", "synthetic")
 
@@ -27,6 +27,19 @@ def _not_nan(value: float) -> float:
 
 Threshold = Annotated[float, Field(allow_inf_nan=True), AfterValidator(_not_nan)]
 """A threshold: any number, ±inf included (-inf keeps everything), never nan."""
+
+def _packaged(name: str) -> str:
+    from raydbb.assets import resolve_packaged
+
+    try:
+        return resolve_packaged(name)
+    except RaydbbError as err:
+        raise ValueError(str(err)) from None
+
+
+PackagedOrPath = Annotated[str, AfterValidator(_packaged)]
+"""A model name: hub id, local path, or ``package:<name>`` (a model shipped in raydbb/assets,
+resolved to its installed folder when the config is loaded)."""
 
 RESOURCE = {"resource": True}
 """``json_schema_extra`` of a field that only decides how fast or where a step runs, not what it computes."""
@@ -85,7 +98,8 @@ class DataConfig(Section):
 class ClassifierConfig(Section):
     arch: Literal["small_cnn", "resnet18", "resnet50"] = "resnet50"
     pretrained: bool = Field(True, description="ImageNet weights for resnets (needs a local file)")
-    weights: str | None = Field(None, description="local ImageNet weights file (.pth or .safetensors)")
+    weights: PackagedOrPath | None = Field(
+        None, description="pretrained weights file (.pth or .safetensors); package:<name> = a shipped one")
     image_size: int = Field(224, ge=16)
     width: int = Field(32, ge=4, description="small_cnn: channels of the first block")
 
@@ -192,7 +206,8 @@ class MaskConfig(Section):
 
 
 class InpaintConfig(Section):
-    model: str = "sd2-community/stable-diffusion-2-inpainting"
+    model: PackagedOrPath = Field("sd2-community/stable-diffusion-2-inpainting", description=(
+        "diffusers inpainting pipeline: hub id, local folder, or package:synthetic_inpainter (shipped)"))
     tokens_dir: str | None = Field(None, description="folder of per-class learned tokens (raydbb invert)")
     prompt_template: str = "a photo of a {token} {class_name}"
     negative_prompt: str | None = None
