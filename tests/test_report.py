@@ -173,3 +173,11 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
     # The page drew something: dark text and coloured charts, not an empty white page.
     assert (image.min(axis=-1) < 80).mean() > 0.002
     assert np.unique(image.reshape(-1, 3), axis=0).shape[0] > 50
+    # The metrics chart: bars in DDB's blue (#1f77b4) and ERM's grey (#9e9e9e).
+    pixels = image.reshape(-1, 3).astype(int)
+    for colour in ((31, 119, 180), (158, 158, 158)):
+        assert (np.abs(pixels - colour).max(axis=1) <= 6).sum() > 500, colour
+    # The sample grid: the run's images are random noise, so the grid is the only place with
+    # a thousand or more distinct saturated colours (text and charts: greys and a few flat colours).
+    saturated = pixels[(pixels.max(axis=1) - pixels.min(axis=1)) > 60]
+    assert np.unique(saturated, axis=0).shape[0] > 1000  # 7 images of 16x16 noise: ~1600
