@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from raydbb.config import RayConfig
+from raydbb.errors import RaydbbError
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -25,10 +27,56 @@ def init_ray(cfg: RayConfig) -> None:
     # user's foreground job: at 15 its actors get a small share of the cores next to any normal
     # process (measured: engine steps several times slower on a busy 2-core machine).
     os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(
-        num_cpus=cfg.num_cpus,
-        object_store_memory=cfg.object_store_memory,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+    # Ray turns token authentication on for every new local instance and says so on each start;
+    # that is what a local run should do, so the notice is not shown (docs/clusters.md: clusters).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _LocalTokenNotice())
+    for attempt in (1, 2):
+        try:
+            _start_local(cfg)
+            return
+        except Exception as err:  # Ray raises a bare Exception when its node does not come up
+            if STARTUP_TIMEOUT not in str(err):
+                raise
+            ray.shutdown()
+            if attempt == 2:
+                raise RaydbbError(f"the local Ray instance did not start twice ({STARTUP_TIMEOUT}; the "
+                                  "machine is busy): try again, or set ray.num_cpus lower") from None
+
+
+STARTUP_TIMEOUT = "timed out during startup"
+
+
+def _start_local(cfg: RayConfig) -> None:
+    import ray
+    from ray._private.services import get_node_ip_address
+
+    # Every process of this instance must know its address: Ray Train's helper actors look the
+    # cluster up by themselves and, with a second Ray instance on the machine (a test suite next to
+    # a demo), fail with "Found multiple active Ray instances". The GCS port is chosen here so the
+    # address can go into the job's environment before the instance starts.
+    port = _free_port()
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(
+            address="local",  # our own instance, even where `ray start` left one running
+            num_cpus=cfg.num_cpus,
+            object_store_memory=cfg.object_store_memory,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}},
+        )
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]  # a later instance in this process picks its own
+
+
+class _LocalTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
