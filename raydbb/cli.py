@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "raydbb.commands.demo",
     "raydbb.commands.report",
     "raydbb.commands.compare",
+    "raydbb.commands.export",
 ]
 
 DESCRIPTION = """\

@@ -13,6 +13,7 @@
       manifest/ images/ masks/   the generated samples (see raydbb.engine.manifest)
       ddb/                   the retrained (DDB) checkpoint
       tune/                  threshold search: trials.csv, best.yaml
+      export/<format>/       raydbb export: the balanced training set for other training stacks
       compare/               raydbb compare: results.csv, table.md, runs/<method>/seed_<k>/result.json
       metrics.json           group metrics of every checkpoint on val and test
       report.html            the run's report
@@ -115,6 +116,10 @@ class RunDir:
     @property
     def tune(self) -> Path:
         return self._p("tune")
+
+    @property
+    def export(self) -> Path:
+        return self._p("export")
 
     @property
     def compare(self) -> Path:

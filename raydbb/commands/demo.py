@@ -17,6 +17,7 @@ from raydbb.assets import synthetic_inpainter_available
 from raydbb.config import RaydbbConfig, parse_overrides
 from raydbb.configs import demo_config
 from raydbb.errors import ConfigError, RaydbbError
+from raydbb.plan import add_dry_run_arg
 from raydbb.rundir import RunDir
 
 HELP = """\
@@ -121,6 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="share of each class on its own background in training (default 0.95)")
     parser.add_argument("--fast", action="store_true", help="tiny sizes: a smoke test of every step")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dry_run_arg(parser)
     parser.add_argument("overrides", nargs="*", metavar="section.field=value",
                         help="override any field of the packaged demo config, e.g. retrain.epochs=6")
     parser.set_defaults(func=run)
@@ -130,6 +132,13 @@ def run(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise ConfigError(f"--seed {args.seed}: expected an integer >= 0")
     cfg = demo_config(args.out, args.seed, args.train_correlation, args.fast, args.overrides)
+    if args.dry_run:
+        from raydbb.plan import run_dry
+
+        if not has_inpainter(args.overrides):
+            return run_dry(cfg, "pipeline", steps=["synth", "train_erm", "evaluate"],
+                           notes=["no inpainter shipped: the demo runs the steps that need none"])
+        return run_dry(cfg, "pipeline", notes=["then: report -> OUT/report.html"])
     if not has_inpainter(args.overrides):
         print("raydbb demo: this build ships no trained synthetic inpainter (raydbb/assets/"
               "synthetic_inpainter); running the steps that need none (synth -> train_erm -> evaluate). "

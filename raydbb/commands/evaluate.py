@@ -8,6 +8,7 @@ from pathlib import Path
 from raydbb.config import DATASETS, add_config_args, config_from_args
 from raydbb.errors import ConfigError
 from raydbb.ids import sanitize_id
+from raydbb.plan import add_dry_run_arg
 from raydbb.rundir import RunDir
 
 HELP = """\
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="metrics file (default: CHECKPOINT/evaluation-<dataset>.json)")
     parser.add_argument("--device", help="torch device, e.g. cuda (default: the config's device)")
     add_config_args(parser)
+    add_dry_run_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -55,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.data.root = args.root
     ckpt = Path(args.checkpoint) if args.checkpoint else RunDir(cfg.out).erm
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if args.dry_run:
+        from raydbb.plan import run_dry
+
+        missing = [] if (ckpt / "classifier.json").is_file() else [
+            f"--checkpoint {ckpt}: no classifier.json (not a checkpoint folder)"]
+        return run_dry(cfg, "evaluate", problems=missing, notes=[f"checkpoint: {ckpt}; splits: {splits}"])
     records = load_records(cfg.data)
     metrics = evaluate_checkpoint(ckpt, records, splits, device=args.device or cfg.device, progress=True)
     out = Path(args.out) if args.out else ckpt / f"evaluation-{sanitize_id(records.name)}.json"

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from raydbb.config import add_config_args, config_from_args
+from raydbb.plan import add_dry_run_arg
 
 HELP = """\
 Generate counterfactual training images (DDB steps 1, 4, 5, 6) into the run folder `out`:
@@ -42,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(refused by default; the change is recorded in OUT/generate_changes.json)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dry_run_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -49,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from raydbb.ddb.generate import format_summary, run_generate
 
     cfg = config_from_args(args)
+    if args.dry_run:
+        from raydbb.plan import run_dry
+
+        return run_dry(cfg, "generate")
     summary = run_generate(cfg, engine=args.engine, progress=not args.no_progress,
                            allow_changed=args.allow_changed)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))

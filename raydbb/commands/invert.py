@@ -6,6 +6,7 @@ import argparse
 import json
 
 from raydbb.config import add_config_args, config_from_args
+from raydbb.plan import add_dry_run_arg
 
 HELP = """\
 Learn one placeholder token per class (e.g. <waterbird-causal>) on the class's token pool with the
@@ -42,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "in this process")
     parser.add_argument("--json", action="store_true", help="print the per-class summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dry_run_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -51,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     from raydbb.ddb.inversion.run import run_inversion
 
     cfg = config_from_args(args)
+    if args.dry_run:
+        from raydbb.plan import run_dry
+
+        return run_dry(cfg, "invert")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(Path(cfg.out) / "invert_config.yaml")
     results = run_inversion(cfg, engine=args.engine, progress=not args.no_progress)

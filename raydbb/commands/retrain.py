@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from raydbb.config import add_config_args, config_from_args
+from raydbb.plan import add_dry_run_arg
 
 HELP = """\
 Retrain the classifier on the original training split plus the kept repaints of a raydbb
@@ -53,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="train the head on cached backbone features instead of the images")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_args(parser)
+    add_dry_run_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -61,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from raydbb.ddb.retrain.run import run_retrain
 
     cfg = config_from_args(args)
+    if args.dry_run:
+        from raydbb.plan import run_dry
+
+        return run_dry(cfg, "retrain", manifest=args.manifest)
     retrain = fast_retrain if args.fast else run_retrain
     result = retrain(cfg, args.manifest, progress=not args.no_progress)
     print(result.table())

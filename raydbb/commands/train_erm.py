@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from raydbb.config import add_config_args, config_from_args
+from raydbb.plan import add_dry_run_arg
 
 HELP = """\
 Train the ERM classifier on the training split (no group labels used for training), validate
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(parser)
+    add_dry_run_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -40,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from raydbb.training.metrics import format_group_table
 
     cfg = config_from_args(args)
+    if args.dry_run:
+        from raydbb.plan import run_dry
+
+        return run_dry(cfg, "train-erm")
     result = train_erm(cfg)
     title = (f"ERM {cfg.classifier.arch} on {cfg.data.name}: epoch {result.best_epoch} selected by "
              f"val worst-group accuracy ({result.checkpoint_dir})")

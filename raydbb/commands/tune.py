@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from raydbb.config import add_config_args, config_from_args
+from raydbb.plan import add_dry_run_arg
 
 HELP = """\
 Search the retraining choices of DDB with Ray Tune, without regenerating anything:
@@ -52,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="retrain the best configuration in full afterwards (raydbb retrain)")
     parser.add_argument("--no-progress", action="store_true", help="no progress output from Ray Tune")
     add_config_args(parser)
+    add_dry_run_arg(parser)
     parser.set_defaults(func=run)
 
 
@@ -60,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from raydbb.ddb.tune import format_trials, run_tune
 
     cfg = config_from_args(args)
+    if args.dry_run:
+        from raydbb.plan import run_dry
+
+        return run_dry(cfg, "tune", manifest=args.manifest)
     result = run_tune(cfg, args.manifest, progress=not args.no_progress)
     print(format_trials(result.trials))
     print(f"wrote {result.best_path} and {result.trials_path}")

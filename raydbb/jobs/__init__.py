@@ -35,6 +35,9 @@ def build_parser(step: str | None) -> argparse.ArgumentParser:
                         help="a finished step whose inputs changed: move its outputs to OUT/.stale and "
                              "run it again (default), or stop with the list of changed fields")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (cleaner job logs)")
+    from raydbb.plan import add_dry_run_arg
+
+    add_dry_run_arg(parser)
     return parser
 
 
@@ -48,6 +51,10 @@ def main(step: str | None = None, argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         steps = [step] if step else ([s.strip() for s in args.steps.split(",") if s.strip()]
                                      if args.steps else None)
+        if args.dry_run:
+            from raydbb.plan import run_dry
+
+            return run_dry(cfg, "pipeline", steps=steps)
         results = run_steps(cfg, steps, progress=not args.no_progress, on_change=args.on_change)
     except RaydbbError as err:
         print(f"raydbb: error: {err}", file=sys.stderr)

@@ -39,7 +39,7 @@ class RetrainInputs:
     """Everything a retraining run reads, resolved and checked once."""
 
     records: Any  # RecordSet
-    checkpoint: Path
+    checkpoint: Path | None  # None when only the repaint choice was loaded (choose_repaints)
     manifest_dir: Path
     candidates: pd.DataFrame
     chosen: np.ndarray
@@ -67,13 +67,24 @@ def load_inputs(cfg: RaydbbConfig, manifest_dir: str | Path | None = None) -> Re
     ``manifest_dir`` is the run folder of ``raydbb generate`` (or its ``manifest/``); default ``OUT``.
     """
     from raydbb.data.registry import load_records
-    from raydbb.engine.manifest import read_manifest
     from raydbb.models.checkpoint import read_classifier_meta
     from raydbb.training.evaluate import check_classes
 
     records = load_records(cfg.data)
     ckpt = start_checkpoint(cfg)
     check_classes(read_classifier_meta(ckpt), records, ckpt)
+    return choose_repaints(cfg, records, ckpt, manifest_dir)
+
+
+def choose_repaints(cfg: RaydbbConfig, records: Any, checkpoint: Path | None = None,
+                    manifest_dir: str | Path | None = None) -> RetrainInputs:
+    """The repaints of a generate run that enter retraining for ``cfg``, and their λ per class.
+
+    The part of :func:`load_inputs` that needs no checkpoint (``raydbb export`` uses it alone);
+    ``checkpoint`` (the start model, when known) is only recorded.
+    """
+    from raydbb.engine.manifest import read_manifest
+
     folder = run_folder(manifest_dir if manifest_dir is not None else cfg.out)
     candidates = candidate_repaints(read_manifest(folder))
     lambdas = per_class_values(cfg.retrain.lambdas, records.class_names, "retrain.lambdas")
@@ -82,7 +93,7 @@ def load_inputs(cfg: RaydbbConfig, manifest_dir: str | Path | None = None) -> Re
     missing = [p for p in candidates.loc[chosen, "image_path"] if not Path(p).is_file()]
     if missing:
         raise DataError(f"{len(missing)} chosen repaints are missing on disk, e.g. {missing[0]}")
-    return RetrainInputs(records, ckpt, folder, candidates, chosen, choice, lambdas)
+    return RetrainInputs(records, checkpoint, folder, candidates, chosen, choice, lambdas)
 
 
 def describe_inputs(inputs: RetrainInputs) -> str:

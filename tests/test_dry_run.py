@@ -1,0 +1,113 @@
+"""`--dry-run`: every problem on its own line (exit 2), the plan otherwise (exit 0); no Ray, no writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raydbb.cli import main
+from raydbb.config import load_config
+from raydbb.plan import Resources, check_resources, dry_run, stage_plans
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "jobs" / "configs"
+PACKAGED = "inpaint.model=package:synthetic_inpainter"
+
+
+def tiny(tmp_path: Path) -> list[str]:
+    return [f"out={tmp_path / 'out'}", "data.name=synthetic", f"data.root={tmp_path / 'data'}", PACKAGED,
+            "ray.num_cpus=4", "select.fraction=0.1", "inpaint.n_variants=2",
+            "inpaint.resources={actors: 2, num_cpus: 1, batch_size: 4}"]
+
+
+def nothing_started(tmp_path: Path) -> None:
+    import ray
+
+    assert not ray.is_initialized()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["generate", "invert", "train-erm", "retrain", "tune", "evaluate"])
+def test_a_valid_config_plans_and_exits_0(command, tmp_path, capsys):
+    work = tmp_path / "w"
+    work.mkdir()
+    assert main([command, "--dry-run", *tiny(work)]) == (2 if command == "evaluate" else 0)
+    out = capsys.readouterr()
+    assert f"dry run of {command}" in out.out
+    if command == "generate":
+        assert "inpaint    2 actors x 1 CPU, batch 4   (inpaint.resources)" in out.out
+        # 3000 train images (2250 landbirds, 750 waterbirds): ceil(0.1 n) sources x 1 other class x 2
+        assert "expected samples: 300 sources (225, 75 per class) x 1 other classes x 2 variants = 600" \
+            in out.out
+        assert "drawn by synth" in out.out and "made by train_erm" in out.out
+    if command == "evaluate":  # a checkpoint that is not there yet is a problem for evaluate
+        assert "no classifier.json" in out.err
+    nothing_started(work)
+
+
+def test_every_problem_is_one_line_and_exit_2(tmp_path, capsys):
+    args = ["generate", "--dry-run", f"out={tmp_path / 'out'}", "data.name=csv",
+            f"data.root={tmp_path / 'no_data'}", f"inpaint.model={tmp_path / 'no_model'}",
+            "inpaint.resources.num_gpus=64"]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3, lines
+    assert all(line.startswith("raydbb: dry run: ") for line in lines)
+    assert str(tmp_path / "no_data") in lines[0]
+    assert f"inpaint.model={tmp_path / 'no_model'}: no such folder" in lines[1]
+    assert "inpaint.resources" in lines[2] and "GPU" in lines[2]
+    nothing_started(tmp_path)
+
+
+def test_shipped_configs_on_a_fresh_clone(tmp_path, monkeypatch, capsys):
+    """The done-when: synthetic.yaml plans (its data, ERM and tokens are made by earlier steps);
+    waterbirds.yaml names its missing data root. Run from an empty folder: a fresh clone has no runs/."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--config", str(CONFIGS / "synthetic.yaml"), "--dry-run", PACKAGED]) == 0
+    assert "no problem found" in capsys.readouterr().out
+    assert main(["generate", "--config", str(CONFIGS / "waterbirds.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert any("/data/waterbird_complete95_forest2water2" in line and "not a folder" in line for line in err)
+    nothing_started(tmp_path)
+
+
+def test_demo_and_job_entrypoints_dry_run(tmp_path, capsys):
+    from raydbb.jobs import main as job_main
+
+    assert main(["demo", "--dry-run", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "synth -> train_erm -> invert -> generate -> retrain -> evaluate" in out
+    assert job_main("generate", ["--dry-run", *tiny(tmp_path)]) == 0
+    nothing_started(tmp_path)
+
+
+def test_submit_dry_run_reads_the_cluster_or_says_it_cannot(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"out: {tmp_path / 'out'}\ndata: {{root: {tmp_path / 'data'}}}\n")
+    rc = main(["submit", "--dry-run", "--address", "http://127.0.0.1:9", "--config", str(config), PACKAGED])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot reach the Ray dashboard at http://127.0.0.1:9" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_resources_against_a_cluster_of_gpu_nodes():
+    cfg = load_config(CONFIGS / "waterbirds.yaml")
+    plans = stage_plans(cfg, "generate", 2)
+    node = Resources("a cluster", cpus=64, gpus=8, node_cpus=16, node_gpus=4)
+    assert check_resources(plans, node, "cuda", True) == []
+    small = Resources("one node", cpus=16, gpus=2, node_cpus=16, node_gpus=2)
+    problems = check_resources(plans, small, "cuda", True)
+    assert problems == ["inpaint.resources: inpaint asks 3 x 1 GPUs; one node has 2",
+                        "generate: the actor pools together ask 3.75 GPUs (mask, inpaint, prune); "
+                        "one node has 2"]
+    big = load_config(CONFIGS / "waterbirds.yaml", ["inpaint.resources.num_gpus=8"])
+    assert check_resources(stage_plans(big, "generate", 2), node, "cuda", True)[0] == (
+        "inpaint.resources: inpaint asks 8 GPUs per actor; the largest node of a cluster has 4")
+
+
+def test_dry_run_function_collects_and_does_not_raise(tmp_path):
+    cfg = load_config(None, [f"out={tmp_path}", "data.name=csv", f"data.root={tmp_path / 'x'}",
+                             "inpaint.model=package:nothing_here"])
+    plan = dry_run(cfg, "generate", resources=Resources("here", 4, 0, 4, 0))
+    assert [p.split(":")[0] for p in plan.problems] == ["data", "inpaint.model"]
