@@ -29,30 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raydbb.assets import resolve_packaged
 from raydbb.config import RaydbbConfig, StageResources
 from raydbb.errors import RaydbbError
 from raydbb.rundir import RunDir
 
-PACKAGE_PREFIX = "package:"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 #: steps each command runs (``pipeline``: :func:`raydbb.workflow.pipeline_steps`)
 COMMAND_STEPS = {"generate": ["generate"], "invert": ["invert"], "train-erm": ["train_erm"],
                  "retrain": ["retrain"], "tune": ["tune"], "evaluate": ["evaluate"]}
-
-
-def resolve_model_name(name: str) -> str:
-    """A model name as a loader sees it: ``package:<asset>`` -> the folder shipped in
-    ``raydbb/assets``; anything else unchanged. The one place the dry run resolves names."""
-    if not name.startswith(PACKAGE_PREFIX):
-        return name
-    import raydbb.assets
-
-    asset = name[len(PACKAGE_PREFIX):]
-    root = Path(raydbb.assets.__file__).resolve().parent
-    if "/" in asset or "\\" in asset or asset.startswith(".") or not (root / asset).exists():
-        raise RaydbbError(f"{name!r}: no such packaged model in {root}")
-    return str(root / asset)
 
 
 @dataclass
@@ -221,7 +207,7 @@ def locate_model(name: str, field_name: str, probe: str) -> tuple[Path | None, s
     """``(local folder, None)`` for a folder or a cached hub id, ``(None, None)`` for a hub id to
     fetch, ``(None, problem)`` otherwise. ``probe`` is a file the model's folder must hold."""
     try:
-        resolved = resolve_model_name(name)
+        resolved = resolve_packaged(name)
     except RaydbbError as err:
         return None, f"{field_name}: {err}"
     path = Path(resolved).expanduser()

@@ -108,6 +108,6 @@ def test_resources_against_a_cluster_of_gpu_nodes():
 
 def test_dry_run_function_collects_and_does_not_raise(tmp_path):
     cfg = load_config(None, [f"out={tmp_path}", "data.name=csv", f"data.root={tmp_path / 'x'}",
-                             "inpaint.model=package:nothing_here"])
+                             f"inpaint.model={tmp_path / 'no_model'}"])
     plan = dry_run(cfg, "generate", resources=Resources("here", 4, 0, 4, 0))
-    assert [p.split(":")[0] for p in plan.problems] == ["data", "inpaint.model"]
+    assert [p.split(":")[0].split("=")[0] for p in plan.problems] == ["data", "inpaint.model"]
