@@ -36,8 +36,8 @@ PACKAGE_PREFIX = "package:"
 
 
 def resolve_packaged(name: str) -> str:
-    """``package:<asset>`` -> the folder or file of that asset inside the installed package; any
-    other name (a hub id, a local path) is returned unchanged.
+    """``package:<asset>[/<file>]`` -> that folder or file inside the installed package; any other
+    name (a hub id, a local path) is returned unchanged.
 
     Configs name shipped models this way (``inpaint.model: package:synthetic_inpainter``) so that
     they run as shipped on any machine the package is installed on.
@@ -46,8 +46,8 @@ def resolve_packaged(name: str) -> str:
         return name
     asset = name[len(PACKAGE_PREFIX):]
     root = Path(__file__).resolve().parent
-    path = root / asset
-    if "/" in asset or "\\" in asset or asset.startswith(".") or not path.exists():
+    path = (root / asset).resolve()
+    if not asset or root not in path.parents or not path.exists():
         shipped = sorted(p.name for p in root.iterdir() if not p.name.startswith(("_", ".")))
         raise RaydbbError(f"{name!r}: no such packaged model; expected one of "
                           f"{[PACKAGE_PREFIX + s for s in shipped]}")
