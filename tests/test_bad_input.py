@@ -190,3 +190,25 @@ def test_unknown_argument_is_still_refused(capsys):
     with pytest.raises(SystemExit) as err:
         main(["retrain", "out=X", "--fastest"])
     assert err.value.code == 2 and "unrecognized arguments: --fastest" in capsys.readouterr().err
+
+
+def test_checkpoint_of_an_unfinished_training_run_is_refused(tmp_path):
+    import json
+
+    from raydbb.config import ClassifierConfig, load_config
+    from raydbb.ddb.generate import classifier_dir
+    from raydbb.errors import RaydbbError
+    from raydbb.models.checkpoint import save_classifier
+    from raydbb.models.classifier import build_classifier
+
+    cfg = ClassifierConfig(arch="small_cnn", pretrained=False, image_size=16, width=4)
+    model = build_classifier(cfg, 2)
+    save_classifier(model, tmp_path / "erm", {"class_names": ["a", "b"], "epoch": 3,
+                                              "training": "in_progress"})
+    cfg = load_config(None, [f"out={tmp_path}"])
+    with pytest.raises(RaydbbError, match=r"has not finished \(epoch 3 selected so far\).*generate.classifier"):
+        classifier_dir(cfg)
+    meta = json.loads((tmp_path / "erm" / "classifier.json").read_text())
+    meta["training"] = "finished"
+    (tmp_path / "erm" / "classifier.json").write_text(json.dumps(meta))
+    assert classifier_dir(cfg) == tmp_path / "erm"

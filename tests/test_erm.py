@@ -211,6 +211,7 @@ def test_evaluate_never_replaces_the_training_record(ray_local, tiny_dataset, tm
     cfg = _config(tiny_dataset, tmp_path / "run", "train.num_workers=0", "train.epochs=1")
     train_erm(cfg)
     erm = tmp_path / "run" / "erm"
+    assert json.loads((erm / "classifier.json").read_text())["training"] == "finished"
     record = (erm / "metrics.json").read_text()
     assert main(["evaluate", "--checkpoint", str(erm), "--dataset", "csv", "--root", str(tiny_dataset)]) == 0
     assert (erm / "metrics.json").read_text() == record

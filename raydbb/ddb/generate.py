@@ -53,12 +53,13 @@ def classifier_dir(cfg: RaydbbConfig, override: str | None = None,
                    field_name: str = "generate.classifier") -> Path:
     """The ERM checkpoint folder: ``override`` (the config field ``field_name``) or ``OUT/erm``;
     one line when it holds no checkpoint."""
-    from raydbb.models.checkpoint import META_FILE
+    from raydbb.models.checkpoint import META_FILE, require_finished
 
     path = Path(override) if override else RunDir(cfg.out).erm
     if not (path / META_FILE).is_file():
         raise RaydbbError(f"ERM checkpoint {path} not found (no {META_FILE}); run raydbb train-erm "
                           f"or set {field_name}=DIR")
+    require_finished(path, field_name)
     return path
 
 

@@ -72,6 +72,32 @@ def save_classifier(model: nn.Module, out_dir: str | Path, meta: dict[str, Any] 
     return out
 
 
+IN_PROGRESS = "in_progress"
+FINISHED = "finished"
+"""Values of ``classifier.json``'s ``training`` key: a training run rewrites its folder with each
+newly selected epoch (``in_progress``) and marks it ``finished`` when it ends. Checkpoints without
+the key (saved by other code) count as finished."""
+
+
+def mark_finished(ckpt_dir: str | Path) -> None:
+    """Record in ``classifier.json`` that the training run writing ``ckpt_dir`` has finished."""
+    meta = read_classifier_meta(ckpt_dir)
+    meta["training"] = FINISHED
+    text = json.dumps(meta, indent=2)
+    _atomic_write(Path(ckpt_dir) / META_FILE, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def require_finished(ckpt_dir: str | Path, field_name: str) -> dict[str, Any]:
+    """``classifier.json`` of a checkpoint whose training finished; one line for one a killed or
+    still running training run left behind."""
+    meta = read_classifier_meta(ckpt_dir)
+    if meta.get("training") == IN_PROGRESS:
+        raise RaydbbError(f"checkpoint {ckpt_dir} is from a training run that has not finished (epoch "
+                          f"{meta.get('epoch', '?')} selected so far); rerun its training, or set "
+                          f"{field_name} to a finished checkpoint")
+    return meta
+
+
 def read_classifier_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     """The parsed ``classifier.json`` of a checkpoint folder (one-line error when absent/invalid)."""
     path = Path(ckpt_dir) / META_FILE

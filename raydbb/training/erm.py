@@ -27,7 +27,7 @@ import pandas as pd
 
 from raydbb.config import RayConfig, RaydbbConfig, TrainConfig
 from raydbb.errors import ConfigError, DataError, RaydbbError
-from raydbb.models.checkpoint import META_FILE
+from raydbb.models.checkpoint import META_FILE, mark_finished
 from raydbb.rundir import RunDir
 from raydbb.training.worker import FitResult, FitSpec, train_loop_per_worker
 
@@ -146,6 +146,7 @@ def fit_classifier(
         _raise_worker_error(err)
     if result.return_value is None or not (out_dir / META_FILE).is_file():
         raise RaydbbError(f"training run {run_name} finished without a checkpoint in {out_dir}")
+    mark_finished(out_dir)
     shutil.rmtree(storage / run_name, ignore_errors=True)
     with contextlib.suppress(OSError):  # other runs may still use it
         storage.rmdir()

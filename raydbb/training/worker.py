@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from raydbb.config import ClassifierConfig, TrainConfig
 from raydbb.errors import RaydbbError
-from raydbb.models.checkpoint import save_classifier, unwrap
+from raydbb.models.checkpoint import IN_PROGRESS, save_classifier, unwrap
 
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(logits (B,C), labels (B,), index (B,)) -> scalar``; index = rows of the train frame."""
@@ -271,6 +271,7 @@ def _checkpoint_meta(spec: FitSpec, epoch: int, val: dict[str, Any]) -> dict[str
         "train_config": spec.train.model_dump(mode="json"),
         "init_checkpoint": spec.init_checkpoint,
         "head_only": spec.head_only,
+        "training": IN_PROGRESS,  # fit_classifier marks it finished once the run ends
         **spec.meta,
     }
 
