@@ -95,13 +95,16 @@ def group_acc(model, split: Split) -> np.ndarray:
 
 def fit(model, train_x: np.ndarray, train_y: np.ndarray, val: Split, epochs: int, lr: float, wd: float = 1e-4,
         bs: int = 64, seed: int = 0, weights: np.ndarray | None = None, sampler_p: np.ndarray | None = None,
-        loss_fn=None, aug: bool = True, log=print, test: Split | None = None, params=None):
+        loss_fn=None, aug: bool = True, log=print, test: Split | None = None, params=None,
+        optimizer: str = "adam"):
     """AdamW + augmentation, select by val WGA (ties avg), like raydbb fit_classifier.
     weights: per-row CE weights; sampler_p: per-row sampling probabilities (with replacement).
     loss_fn(logits, y, idx) overrides the loss. Returns (best_state, history)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(params if params is not None else model.parameters(), lr=lr, weight_decay=wd)
+    ps = params if params is not None else model.parameters()
+    opt = (torch.optim.AdamW(ps, lr=lr, weight_decay=wd) if optimizer == "adam"
+           else torch.optim.SGD(ps, lr=lr, momentum=0.9, weight_decay=wd))
     n = len(train_x)
     best, best_key, hist = None, None, []
     for ep in range(1, epochs + 1):

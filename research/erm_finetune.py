@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--corr", type=float, default=0.95)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     ap.add_argument("--save-dir", default=None, help="write erm_seed<k>.pt (state dict) here")
     a = ap.parse_args()
     rows = []
@@ -49,7 +50,7 @@ def main() -> None:
         torch.manual_seed(seed)
         model = make_model(a.weights, a.width)
         best, hist = fit(model, data["train"].images, data["train"].labels, data["val"], a.epochs, a.lr, seed=seed,
-                         log=lambda r: None, test=data["test"])
+                         log=lambda r: None, test=data["test"], optimizer=a.optimizer)
         model.load_state_dict(best)
         if a.save_dir:
             Path(a.save_dir).mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--repeat", type=int, default=1, help="ddb: each repaint appears this many times")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--optimizer", choices=["adam", "sgd"], default="sgd")
     a = ap.parse_args()
     res = []
     for seed in a.seeds:
@@ -79,13 +80,14 @@ def main() -> None:
             groups_sel = tr.groups[picks]
             info = {"selected_from_groups": np.bincount(groups_sel, minlength=4).tolist(), "n_repaints": len(rep)}
             best, hist = fit(model, x, y, data["val"], a.epochs, a.lr, seed=seed, log=lambda r: None,
-                             loss_fn=lambda lg, yy, idx: lf(lg, yy, torch.from_numpy(idx)), test=data["test"])
+                             loss_fn=lambda lg, yy, idx: lf(lg, yy, torch.from_numpy(idx)), test=data["test"],
+                             optimizer=a.optimizer)
         else:
             counts = np.bincount(tr.groups, minlength=4)
             w = 1.0 / counts[tr.groups]
             kw = {"sampler_p": w / w.sum()} if a.mode == "gb" else {"weights": w / w.mean()}
             best, hist = fit(model, tr.images, tr.labels, data["val"], a.epochs, a.lr, seed=seed, log=lambda r: None,
-                             test=data["test"], **kw)
+                             test=data["test"], optimizer=a.optimizer, **kw)
         model.load_state_dict(best)
         ga = group_acc(model, data["test"])
         row = {"tag": a.tag, "mode": a.mode, "seed": seed, "erm_test_group_acc": (100 * erm_ga).round(1).tolist(),
