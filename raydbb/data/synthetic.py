@@ -360,11 +360,13 @@ _UNIFORM_ODDS = tuple([1.0 / len(_SCHEMES)] * len(_SCHEMES))
 
 @dataclass(frozen=True)
 class PretrainSample:
-    """One pretraining sample: the drawing plus its bird class and background family index."""
+    """One pretraining sample: the drawing, its bird class, background family and plumage scheme
+    (index into the five schemes: warm, brown, white, grey, dark)."""
 
     sample: SyntheticSample
     label: int
     background: int
+    scheme: int
 
 
 def render_pretrain_sample(seed: int, index: int, size: int = 64,
@@ -381,27 +383,31 @@ def render_pretrain_sample(seed: int, index: int, size: int = 64,
     if colours not in ("uniform", "benchmark"):
         raise DataError(f"colours={colours!r}: expected 'uniform' or 'benchmark'")
     seq = np.random.SeedSequence(seed, spawn_key=(_PRETRAIN_NAMESPACE, index))
-    meta_rng, bg_rng, pose_rng, look_rng = (np.random.default_rng(s) for s in seq.spawn(4))
+    seqs = seq.spawn(4)
+    meta_rng, bg_rng, pose_rng, look_rng = (np.random.default_rng(s) for s in seqs)
     label = int(meta_rng.integers(2))
     background = int(meta_rng.integers(len(PRETRAIN_BACKGROUNDS)))
     fn = _BACKGROUND_FNS[PRETRAIN_BACKGROUNDS[background]]
     odds = _UNIFORM_ODDS if colours == "uniform" else None
+    # The body scheme is the appearance stream's first draw (_colours): replay it for the label.
+    scheme = int(np.random.default_rng(seqs[3]).choice(len(_SCHEMES), p=_SCHEME_ODDS[label] if odds is None else odds))
     sample = _draw(fn, label, bg_rng, pose_rng, look_rng, size, radius=(0.12, 0.27), tilt_deg=30.0,
                    odds=odds)
-    return PretrainSample(sample=sample, label=label, background=background)
+    return PretrainSample(sample=sample, label=label, background=background, scheme=scheme)
 
 
 def pretrain_arrays(seed: int, n: int, size: int = 64, colours: str = "uniform", start: int = 0,
-                    progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Samples ``start..start+n-1`` of the pretraining corpus as arrays:
-    ``images`` uint8 (n,size,size,3), ``labels`` int64 (n,), ``backgrounds`` int64 (n,)."""
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Samples ``start..start+n-1`` of the pretraining corpus as arrays: ``images`` uint8
+    (n,size,size,3), ``labels``, ``backgrounds`` and ``schemes`` int64 (n,)."""
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)
     backgrounds = np.empty(n, dtype=np.int64)
+    schemes = np.empty(n, dtype=np.int64)
     for i in tqdm(range(n), desc="pretrain corpus", disable=not progress):
         s = render_pretrain_sample(seed, start + i, size, colours)
-        images[i], labels[i], backgrounds[i] = s.sample.image, s.label, s.background
-    return images, labels, backgrounds
+        images[i], labels[i], backgrounds[i], schemes[i] = s.sample.image, s.label, s.background, s.scheme
+    return images, labels, backgrounds, schemes
 
 
 # ---------------------------------------------------------------------------------------------
