@@ -85,11 +85,22 @@ def _torchvision_weight_files(arch: str) -> list[str]:
     return [Path(w.url).name for w in ordered]
 
 
+SYNTHETIC_BACKBONE = Path(__file__).resolve().parent.parent / "assets" / "synthetic_backbone" / "backbone.safetensors"
+"""The miniature world's stand-in for ImageNet weights: a small_cnn backbone pretrained on the
+synthetic pretraining corpus (:func:`raydbb.data.synthetic.render_pretrain_sample`)."""
+
+
 def find_imagenet_weights(cfg: ClassifierConfig) -> Path:
     """The ImageNet weights file to load: ``cfg.weights`` or a torchvision file in the hub cache.
 
+    For ``small_cnn`` the default is the shipped synthetic backbone (:data:`SYNTHETIC_BACKBONE`).
     Raises a one-line :class:`ConfigError` telling the user what to provide when there is none.
     """
+    if not cfg.weights and cfg.arch == "small_cnn":
+        if SYNTHETIC_BACKBONE.is_file():
+            return SYNTHETIC_BACKBONE
+        raise ConfigError(f"classifier.pretrained=true for small_cnn but {SYNTHETIC_BACKBONE} is missing; "
+                          "provide classifier.weights=PATH or set classifier.pretrained=false")
     if cfg.weights:
         path = Path(cfg.weights).expanduser()
         if not path.is_file():
@@ -130,6 +141,24 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def load_small_cnn_weights(backbone: nn.Module, cfg: ClassifierConfig) -> Path:
+    """Load pretrained small_cnn backbone weights (headless keys ``0.0.weight``..., or a raydbb
+    classifier checkpoint's ``backbone.*`` keys, head ignored) strictly into ``backbone``."""
+    path = find_imagenet_weights(cfg)
+    state = load_state_dict_file(path)
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise ConfigError(f"classifier.weights {path}: not small_cnn width {cfg.width} weights (missing "
+                          f"{missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]})")
+    backbone.load_state_dict(state, strict=True)
+    return path
+
+
 def _resnet(cfg: ClassifierConfig) -> tuple[nn.Module, int]:
     from torchvision import models
 
@@ -153,7 +182,8 @@ def _resnet(cfg: ClassifierConfig) -> tuple[nn.Module, int]:
 def build_classifier(cfg: ClassifierConfig, num_classes: int) -> Classifier:
     """Build the classifier of ``cfg.arch`` with a fresh ``num_classes``-way linear head.
 
-    ``small_cnn`` is randomly initialised (from torch's global RNG: seed before calling);
+    ``small_cnn`` is randomly initialised (from torch's global RNG: seed before calling), or
+    loads the pretrained synthetic backbone when ``cfg.pretrained`` (:func:`load_small_cnn_weights`);
     ``resnet18``/``resnet50`` load ImageNet weights when ``cfg.pretrained`` (see
     :func:`find_imagenet_weights`) or start from a random initialisation when it is false.
     """
@@ -161,6 +191,8 @@ def build_classifier(cfg: ClassifierConfig, num_classes: int) -> Classifier:
         raise ConfigError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
     if cfg.arch == "small_cnn":
         backbone, dim = small_cnn(cfg.width)
+        if cfg.pretrained:
+            load_small_cnn_weights(backbone, cfg)
     else:
         backbone, dim = _resnet(cfg)
     return Classifier(backbone, dim, num_classes, cfg)
