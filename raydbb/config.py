@@ -97,16 +97,15 @@ class DataConfig(Section):
 
 class ClassifierConfig(Section):
     arch: Literal["small_cnn", "resnet18", "resnet50"] = "resnet50"
-    pretrained: bool = Field(True, description="ImageNet weights for resnets (needs a local file)")
+    pretrained: bool = Field(True, description="start from pretrained weights: ImageNet for resnets "
+                             "(a local file), the shipped synthetic backbone for small_cnn")
     weights: PackagedOrPath | None = Field(
         None, description="pretrained weights file (.pth or .safetensors); package:<name> = a shipped one")
     image_size: int = Field(224, ge=16)
     width: int = Field(32, ge=4, description="small_cnn: channels of the first block")
 
     @model_validator(mode="after")
-    def _small_cnn_has_no_imagenet(self) -> ClassifierConfig:
-        if self.arch == "small_cnn" and self.pretrained:
-            raise ValueError("classifier.pretrained=true: small_cnn has no ImageNet weights; set false")
+    def _weights_need_pretrained(self) -> ClassifierConfig:
         if self.weights and not self.pretrained:
             raise ValueError("classifier.weights is set but classifier.pretrained=false; drop one")
         return self

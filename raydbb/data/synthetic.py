@@ -390,7 +390,8 @@ def render_pretrain_sample(seed: int, index: int, size: int = 64,
     fn = _BACKGROUND_FNS[PRETRAIN_BACKGROUNDS[background]]
     odds = _UNIFORM_ODDS if colours == "uniform" else None
     # The body scheme is the appearance stream's first draw (_colours): replay it for the label.
-    scheme = int(np.random.default_rng(seqs[3]).choice(len(_SCHEMES), p=_SCHEME_ODDS[label] if odds is None else odds))
+    scheme_odds = _SCHEME_ODDS[label] if odds is None else odds
+    scheme = int(np.random.default_rng(seqs[3]).choice(len(_SCHEMES), p=scheme_odds))
     sample = _draw(fn, label, bg_rng, pose_rng, look_rng, size, radius=(0.12, 0.27), tilt_deg=30.0,
                    odds=odds)
     return PretrainSample(sample=sample, label=label, background=background, scheme=scheme)

@@ -85,7 +85,8 @@ def _torchvision_weight_files(arch: str) -> list[str]:
     return [Path(w.url).name for w in ordered]
 
 
-SYNTHETIC_BACKBONE = Path(__file__).resolve().parent.parent / "assets" / "synthetic_backbone" / "backbone.safetensors"
+SYNTHETIC_BACKBONE = (Path(__file__).resolve().parents[1] / "assets" / "synthetic_backbone"
+                      / "backbone.safetensors")
 """The miniature world's stand-in for ImageNet weights: a small_cnn backbone pretrained on the
 synthetic pretraining corpus (:func:`raydbb.data.synthetic.render_pretrain_sample`)."""
 
