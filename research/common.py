@@ -1,6 +1,6 @@
 """Shared helpers for the issue-15 experiments: in-memory benchmark/corpus, a plain torch training
 loop that mirrors raydbb.training.erm (AdamW, TrainTransform augmentation, val-WGA selection),
-and per-group evaluation. Run with PYTHONPATH=/work/wt15 so the worktree's raydbb is imported."""
+and per-group evaluation. Run from the repository root with raydbb importable."""
 from __future__ import annotations
 
 import time

@@ -3,7 +3,7 @@
 Mirrors raydbb train-erm (AdamW, TrainTransform augmentation, batch 64, val-WGA selection) in a
 plain loop for speed; research/erm_raydbb_check.py runs the real train_erm path for one setting.
 
-  PYTHONPATH=/work/wt15 python research/erm_finetune.py --weights BB.safetensors --seeds 0 1 2
+  python research/erm_finetune.py --weights BB.safetensors --seeds 0 1 2
 """
 from __future__ import annotations
 

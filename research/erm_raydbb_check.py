@@ -4,7 +4,7 @@ synthetic backbone, to check that research/erm_finetune.py's loop reproduces it.
 config.py still refuses classifier.pretrained=true for small_cnn, so the classifier section is
 built with model_construct here (the proposed config change lifts that; see the report).
 
-  PYTHONPATH=/work/wt15 python research/erm_raydbb_check.py --seed 0 --out /tmp/r15/run_erm0
+  python research/erm_raydbb_check.py --seed 0 --out /tmp/run_erm0
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ loss (raydbb.retrain.RepaintWeightedLoss, Eq. 6-8), val-WGA selection.
 Reference: retraining from the same ERM weights on the originals with group-balanced sampling
 (--mode gb) — or with group-balanced loss weights (--mode gbw).
 
-  PYTHONPATH=/work/wt15 python research/oracle_retrain.py --erm-dir DIR --weights BB --mode ddb --alpha 0.2 --lam 2
+  python research/oracle_retrain.py --erm-dir DIR --weights BB --mode ddb --alpha 0.2 --lam 2
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Multi-task, like ImageNet features that encode objects and scenes: bird-class he
 family head (6 families) on one backbone. Saves the backbone's state dict (torchvision-style
 headless keys, e.g. ``0.0.weight``) as safetensors + a JSON with the recipe and diagnostics.
 
-  PYTHONPATH=/work/wt15 python research/pretrain_backbone.py --n 20000 --epochs 6 --out /tmp/r15/bb
+  python research/pretrain_backbone.py --n 20000 --epochs 6 --out /tmp/bb
 """
 from __future__ import annotations
 
