@@ -30,7 +30,7 @@ def init_ray(cfg: RayConfig) -> None:
     # Ray turns token authentication on for every new local instance and says so on each start;
     # that is what a local run should do, so the notice is not shown (docs/clusters.md: clusters).
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        _LocalTokenNotice())
+        _MessageFilter("Token authentication is enabled for this Ray cluster"))
     for attempt in (1, 2):
         try:
             _start_local(cfg)
@@ -65,15 +65,28 @@ def _start_local(cfg: RayConfig) -> None:
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=True,
-            runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}},
+            runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"},
+                         "worker_process_setup_hook": "raydbb.ray_utils.quiet_worker_logs"},
         )
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]  # a later instance in this process picks its own
 
 
-class _LocalTokenNotice(logging.Filter):
+def quiet_worker_logs() -> None:
+    """Run in every worker process of a local instance: drop the warning Ray Train's placement-group
+    cleaner repeats every few seconds when the state API is off (local instances run without the
+    dashboard that serves it). Nothing the user can act on; a local instance ends with its driver."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").addFilter(
+        _MessageFilter("Failed to query Ray Train Controller actor state"))
+
+
+class _MessageFilter(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+        return not record.getMessage().startswith(self.prefix)
 
 
 def _free_port() -> int:
