@@ -193,9 +193,10 @@ def _plumage(rng: np.random.Generator, scheme: str) -> np.ndarray:
     return _hsv(rng.uniform(0, 360), rng.uniform(0, 0.12), rng.uniform(*tone))
 
 
-def _colours(rng: np.random.Generator, label: int) -> dict[str, np.ndarray]:
-    """Body, wing, head/neck and beak colours of one bird."""
-    body = _plumage(rng, _SCHEMES[rng.choice(len(_SCHEMES), p=_SCHEME_ODDS[label])])
+def _colours(rng: np.random.Generator, label: int,
+             odds: tuple[float, ...] | None = None) -> dict[str, np.ndarray]:
+    """Body, wing, head/neck and beak colours of one bird (``odds``: scheme odds, default the class's)."""
+    body = _plumage(rng, _SCHEMES[rng.choice(len(_SCHEMES), p=_SCHEME_ODDS[label] if odds is None else odds)])
     wing = body * rng.uniform(0.35, 0.65) if rng.random() < 0.7 else _plumage(rng, "dark")
     head = body if rng.random() < 0.6 else _plumage(rng, _SCHEMES[rng.integers(len(_SCHEMES))])
     beak = _hsv(rng.uniform(25, 50), rng.uniform(0.75, 1.0), rng.uniform(0.8, 1.0)) \
@@ -203,10 +204,11 @@ def _colours(rng: np.random.Generator, label: int) -> dict[str, np.ndarray]:
     return {"body": body, "wing": wing.astype(np.float32), "head": head, "beak": beak}
 
 
-def _landbird(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> Layers:
+def _landbird(rng: np.random.Generator, u: np.ndarray, v: np.ndarray,
+              odds: tuple[float, ...] | None = None) -> Layers:
     """Perched songbird in bird-local units (u forward, v down, body within radius ~1): plump
     upright body, round head, short beak, tail pointing down, legs."""
-    c = _colours(rng, 0)
+    c = _colours(rng, 0, odds)
     legs = _hsv(30, 0.3, rng.uniform(0.15, 0.35))
     plump = rng.uniform(0.9, 1.1)
     return [
@@ -221,9 +223,10 @@ def _landbird(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> Layers:
     ]
 
 
-def _waterbird(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> Layers:
+def _waterbird(rng: np.random.Generator, u: np.ndarray, v: np.ndarray,
+               odds: tuple[float, ...] | None = None) -> Layers:
     """Duck/heron-like bird: long flat body, long neck, small head, long beak, no legs."""
-    c = _colours(rng, 1)
+    c = _colours(rng, 1, odds)
     lean = rng.uniform(-0.1, 0.12)
     return [
         (_triangle(u, v, (-0.6, 0.12), (-0.62, 0.32), (-0.97, 0.06)), c["wing"]),  # tail
@@ -252,23 +255,31 @@ def render_sample(seed: int, split: str, index: int, label: int, spurious: int,
     if label not in (0, 1) or spurious not in (0, 1):
         raise DataError(f"label={label}, spurious={spurious}: expected 0 or 1 for both")
     bg_rng, pose_rng, look_rng = _streams(seed, split, index)
+    return _draw(_land if spurious == 0 else _water, label, bg_rng, pose_rng, look_rng, size)
+
+
+def _draw(background_fn, label: int, bg_rng: np.random.Generator, pose_rng: np.random.Generator,
+          look_rng: np.random.Generator, size: int, radius: tuple[float, float] = (0.17, 0.25),
+          tilt_deg: float = 15.0, odds: tuple[float, ...] | None = None) -> SyntheticSample:
+    """Paint bird ``label`` over ``background_fn``'s background; ``radius`` (share of the side),
+    ``tilt_deg`` and ``odds`` (plumage scheme odds, None = the class's) set the pose and look ranges."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    background = (_land if spurious == 0 else _water)(bg_rng, size, yy, xx)
+    background = background_fn(bg_rng, size, yy, xx)
     background = np.clip(np.rint(background * 255), 0, 255).astype(np.uint8)
 
     # Pose: half-extent in pixels, centre (bird fully inside: parts reach 1.15 half-extents), facing, tilt.
-    radius = size * pose_rng.uniform(0.17, 0.25)
+    radius = size * pose_rng.uniform(*radius)
     reach = 1.15 * radius
     cx, cy = pose_rng.uniform(reach + 1, size - reach - 1, size=2)
     facing = 1.0 if pose_rng.random() < 0.5 else -1.0
-    tilt = np.deg2rad(pose_rng.uniform(-15, 15))
+    tilt = np.deg2rad(pose_rng.uniform(-tilt_deg, tilt_deg))
     # Shapes are evaluated only in the bird's bounding window (most of the cost otherwise).
     window = np.s_[int(cy - reach) - 1:int(cy + reach) + 2, int(cx - reach) - 1:int(cx + reach) + 2]
     du, dv = (xx[window] - cx) / radius, (yy[window] - cy) / radius
     u = (np.cos(tilt) * du + np.sin(tilt) * dv) * facing
     v = -np.sin(tilt) * du + np.cos(tilt) * dv
 
-    layers = (_landbird if label == 0 else _waterbird)(look_rng, u, v)
+    layers = (_landbird if label == 0 else _waterbird)(look_rng, u, v, odds)
     image = background.astype(np.float32) / 255
     crop = image[window]
     mask = np.zeros((size, size), dtype=bool)
@@ -285,6 +296,112 @@ def render_sample(seed: int, split: str, index: int, label: int, spurious: int,
     same = mask & (image == background).all(axis=-1)
     image[same, 0] ^= 1
     return SyntheticSample(image=image, mask=mask, background=background)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pretraining corpus: the miniature world's "ImageNet". Same bird generator, no bias, more
+# places. Its streams live in their own SeedSequence namespace (spawn key 2; the benchmark uses 0
+# for samples and 1 for the group order), so no pretraining image is a benchmark image or shares
+# a background, pose or bird with one, whatever the seeds.
+
+
+def _sky(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Open sky: a vertical gradient (day blue, haze or dusk) with soft clouds."""
+    top = _hsv(rng.uniform(195, 235), rng.uniform(0.3, 0.8), rng.uniform(0.6, 0.95))
+    bottom = _hsv(rng.uniform(0, 60) if rng.random() < 0.3 else rng.uniform(190, 230),
+                  rng.uniform(0.05, 0.45), rng.uniform(0.75, 1.0))
+    t = (yy / size)[..., None]
+    img = top * (1 - t) + bottom * t
+    cloud = np.clip((_smooth_noise(rng, size, int(rng.integers(2, 5))) - rng.uniform(0.45, 0.7)) * 3, 0, 1)
+    img = img * (1 - cloud[..., None]) + rng.uniform(0.85, 1.0) * cloud[..., None]
+    return img + rng.normal(0, 0.015, size=img.shape).astype(np.float32)
+
+
+def _sand(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Sand or bare ground: pale yellow-grey with diagonal ripples and grain."""
+    base = _hsv(rng.uniform(30, 55), rng.uniform(0.15, 0.5), rng.uniform(0.55, 0.9))
+    angle = rng.uniform(0, np.pi)
+    ripple = np.sin(2 * np.pi * (np.cos(angle) * xx + np.sin(angle) * yy) / (size * rng.uniform(0.05, 0.2))
+                    + rng.uniform(0, 6.3))
+    shade = 1 + rng.uniform(0.03, 0.1) * ripple + 0.15 * (_smooth_noise(rng, size, 3) - 0.5)
+    img = base * shade[..., None]
+    return img + rng.normal(0, 0.04, size=img.shape).astype(np.float32)
+
+
+def _plain(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """A studio backdrop: one colour of any hue with a soft linear gradient."""
+    base = _hsv(rng.uniform(0, 360), rng.uniform(0, 0.7), rng.uniform(0.2, 0.95))
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * (xx - size / 2) + np.sin(angle) * (yy - size / 2)) / size
+    img = base * (1 + rng.uniform(0, 0.4) * ramp)[..., None]
+    return img + rng.normal(0, 0.01, size=img.shape).astype(np.float32)
+
+
+def _clutter(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Clutter: a blend of three random colours through value noise, plus a few random blocks."""
+    colours = [_hsv(rng.uniform(0, 360), rng.uniform(0.1, 0.9), rng.uniform(0.2, 0.95)) for _ in range(3)]
+    a = _smooth_noise(rng, size, int(rng.integers(2, 8)))[..., None]
+    b = _smooth_noise(rng, size, int(rng.integers(2, 8)))[..., None]
+    img = colours[0] * a + colours[1] * (1 - a)
+    img = img * b + colours[2] * (1 - b)
+    for _ in range(int(rng.integers(0, 5))):
+        y0, x0 = rng.integers(0, size, size=2)
+        h, w = rng.integers(size // 10, size // 3, size=2)
+        img[y0:y0 + h, x0:x0 + w] = _hsv(rng.uniform(0, 360), rng.uniform(0, 0.9), rng.uniform(0.2, 0.95))
+    return img + rng.normal(0, 0.03, size=img.shape).astype(np.float32)
+
+
+PRETRAIN_BACKGROUNDS = ("land", "water", "sky", "sand", "plain", "clutter")
+_BACKGROUND_FNS = {"land": _land, "water": _water, "sky": _sky, "sand": _sand, "plain": _plain,
+                   "clutter": _clutter}
+_PRETRAIN_NAMESPACE = 2
+_UNIFORM_ODDS = tuple([1.0 / len(_SCHEMES)] * len(_SCHEMES))
+
+
+@dataclass(frozen=True)
+class PretrainSample:
+    """One pretraining sample: the drawing plus its bird class and background family index."""
+
+    sample: SyntheticSample
+    label: int
+    background: int
+
+
+def render_pretrain_sample(seed: int, index: int, size: int = 64,
+                           colours: str = "uniform") -> PretrainSample:
+    """Sample ``index`` of the pretraining corpus of ``seed``: a pure function of its arguments.
+
+    The bird class and the background family (:data:`PRETRAIN_BACKGROUNDS`) are drawn
+    independently and uniformly, so neither predicts the other (no class-background bias: both
+    birds on land, on water and on four other kinds of place). Poses vary more than in the
+    benchmark (size 0.12-0.27 of the side, tilt up to 30 degrees). ``colours="uniform"`` gives
+    both classes the same plumage odds (the shape is the only class cue); ``"benchmark"`` keeps
+    the benchmark's class-dependent odds. Streams are disjoint from every benchmark stream.
+    """
+    if colours not in ("uniform", "benchmark"):
+        raise DataError(f"colours={colours!r}: expected 'uniform' or 'benchmark'")
+    seq = np.random.SeedSequence(seed, spawn_key=(_PRETRAIN_NAMESPACE, index))
+    meta_rng, bg_rng, pose_rng, look_rng = (np.random.default_rng(s) for s in seq.spawn(4))
+    label = int(meta_rng.integers(2))
+    background = int(meta_rng.integers(len(PRETRAIN_BACKGROUNDS)))
+    fn = _BACKGROUND_FNS[PRETRAIN_BACKGROUNDS[background]]
+    odds = _UNIFORM_ODDS if colours == "uniform" else None
+    sample = _draw(fn, label, bg_rng, pose_rng, look_rng, size, radius=(0.12, 0.27), tilt_deg=30.0,
+                   odds=odds)
+    return PretrainSample(sample=sample, label=label, background=background)
+
+
+def pretrain_arrays(seed: int, n: int, size: int = 64, colours: str = "uniform", start: int = 0,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Samples ``start..start+n-1`` of the pretraining corpus as arrays:
+    ``images`` uint8 (n,size,size,3), ``labels`` int64 (n,), ``backgrounds`` int64 (n,)."""
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    labels = np.empty(n, dtype=np.int64)
+    backgrounds = np.empty(n, dtype=np.int64)
+    for i in tqdm(range(n), desc="pretrain corpus", disable=not progress):
+        s = render_pretrain_sample(seed, start + i, size, colours)
+        images[i], labels[i], backgrounds[i] = s.sample.image, s.label, s.background
+    return images, labels, backgrounds
 
 
 # ---------------------------------------------------------------------------------------------
