@@ -9,7 +9,7 @@ stage (``InpaintStage``: per-row seeds, resize, paste-back) at the demo's settin
 
 (a) **cross-class repaints judged as the target**, each direction separately, by a judge that sees
     *only the painted region*: its input is ``repaint * mask + grey * (1 - mask)``
-    (:func:`masked_view`). The judge is a ``small_cnn`` trained on birds of the *pretraining
+    (:func:`masked_view`), and "no bird" is a verdict of its own. The judge is a ``small_cnn`` trained on birds of the *pretraining
     corpus* (:func:`raydbb.data.synthetic.render_pretrain_sample`, another seed than the
     inpainter's, plumage odds equal for both classes: shape is its only cue) seen through the same
     kind of masks, with the background inside the mask drawn from six families independent of the
@@ -144,7 +144,10 @@ def to_tensor(views: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(views)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def judge_net(width: int = 16, num_classes: int = 2) -> nn.Module:
+NO_BIRD = 2  #: the judge's third class: a region with no bird in it (background texture only)
+
+
+def judge_net(width: int = 16, num_classes: int = 3) -> nn.Module:
     backbone, dim = small_cnn(width)
     return nn.Sequential(backbone, nn.Linear(dim, num_classes))
 
@@ -170,9 +173,13 @@ def _soften(image: np.ndarray) -> np.ndarray:
     return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def judge_views(seed: int, n: int, start: int = 0, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def judge_views(seed: int, n: int, start: int = 0, size: int = 64,
+                no_bird: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """``n`` judge training views from pretraining corpus ``seed`` (uniform plumage odds): each
-    bird seen through :func:`judge_mask`, half of them softened by :func:`_soften`."""
+    bird seen through :func:`judge_mask`, half of them softened by :func:`_soften`; a ``no_bird``
+    share shows the same sample's background alone through the same mask, labelled
+    :data:`NO_BIRD` (so a mask filled with water or grass texture is "no bird", not a waterbird or
+    a landbird)."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(15, start)))
     samples = [render_pretrain_sample(seed, start + i, size, "uniform") for i in range(n)]
     labels = np.array([s.label for s in samples], dtype=np.int64)
@@ -181,8 +188,12 @@ def judge_views(seed: int, n: int, start: int = 0, size: int = 64) -> tuple[np.n
     for i, s in enumerate(samples):
         pool = by_class[1 - s.label]
         partner = samples[int(pool[rng.integers(len(pool))])].sample.mask if len(pool) else s.sample.mask
-        image = _soften(s.sample.image) if rng.random() < 0.5 else s.sample.image
+        empty = rng.random() < no_bird
+        image = s.sample.background if empty else s.sample.image
+        image = _soften(image) if rng.random() < 0.5 else image
         views[i] = masked_view(image, judge_mask(s.sample.mask, partner, rng))
+        if empty:
+            labels[i] = NO_BIRD
     return views, labels
 
 
@@ -215,9 +226,9 @@ def train_judge(views: np.ndarray, labels: np.ndarray, epochs: int = 6, batch: i
 JUDGE_SEED = 1  # pretraining corpus seed of the judge's birds (the shipped inpainter used seed 0)
 
 
-def load_judge(root: Path, n: int = 12000, epochs: int = 6) -> tuple[RegionJudge, dict[str, Any]]:
+def load_judge(root: Path, n: int = 10000, epochs: int = 6) -> tuple[RegionJudge, dict[str, Any]]:
     """The region judge, trained once and cached under ``root``; also its held-out accuracy."""
-    path = root / f"region_judge_s{JUDGE_SEED}_n{n}_e{epochs}.pt"
+    path = root / f"region_judge3_s{JUDGE_SEED}_n{n}_e{epochs}.pt"
     if path.is_file():
         blob = torch.load(path, weights_only=False)
         net = judge_net()
@@ -300,7 +311,9 @@ def evaluate_direction(source: int, rows: pd.DataFrame, stage: InpaintStage, jud
         "oracle_target_rate": float(np.mean(pred_oracle == target)),
         "oracle_leak": float(leak_oracle.mean()),
         "source_leak": float(leak_source.mean()),  # the unedited image: the leak of doing nothing
+        "no_bird_rate": float(np.mean(pred_cross == NO_BIRD)),  # repaints with no bird in the mask
         "empty_mask_called_source": float(np.mean(pred_empty == source)),
+        "empty_mask_called_no_bird": float(np.mean(pred_empty == NO_BIRD)),
         "background_exact_rate": float(np.mean(kept_outside)),
         "mask_share": float(np.mean([m.mean() for m in masks])),
         "seconds_per_image": sec,
@@ -320,12 +333,14 @@ def report(summary: dict[str, Any], info: dict[str, Any], load: list[float], com
     """The RESULTS.md section: one row per direction, then the gate."""
     rows = [{"direction": r["direction"], "n": r["n"],
              "(a) judged as target": f"{r['target_rate']:.1%}",
+             "judged no bird": f"{r['no_bird_rate']:.1%}",
              "(b) background leak": f"{r['leak']:.1%}",
              "(c) judge on sources": f"{r['judge_on_sources']:.1%}",
              "own-class → own": f"{r['own_rate']:.1%}",
              "oracle: judged / leak": f"{r['oracle_target_rate']:.1%} / {r['oracle_leak']:.1%}",
              "unedited leak": f"{r['source_leak']:.1%}",
-             "bird-less mask → source": f"{r['empty_mask_called_source']:.0%}",
+             "bird-less mask → source / no bird": f"{r['empty_mask_called_source']:.0%} / "
+                                                  f"{r['empty_mask_called_no_bird']:.0%}",
              "outside mask unchanged": f"{r['background_exact_rate']:.0%}",
              "s/image": f"{r['seconds_per_image']:.2f}"} for r in summary["results"]]
     verdict = summary["gate"]
@@ -346,8 +361,10 @@ def report(summary: dict[str, Any], info: dict[str, Any], load: list[float], com
             "Leak = share of mask pixels in the target's majority-background colours (land greens/browns "
             "for a landbird, water blues for a waterbird); the oracle (the generator's own counterfactual) "
             "shows the floor from bird colours and the source background left inside the mask. "
-            "\"Bird-less mask → source\": the judge on the mask filled with the source's background only "
-            "(no bird); near 100 % would mean it reads the mask outline.\n")
+            "The judge has a third class, *no bird* (background texture alone through the mask): a mask "
+            "filled with water or grass is not a bird of either class. \"Bird-less mask\": the judge on the "
+            "mask filled with the source's background only; \"→ source\" near 100 % would mean it reads "
+            "the mask outline.\n")
 
 
 def _model_meta(model: str) -> tuple[str, str]:
@@ -425,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['direction']:<20} n={r['n']:<4} (a) judged as target {r['target_rate']:.1%}  "
               f"(b) leak {r['leak']:.1%}  (c) judge on sources {r['judge_on_sources']:.1%}  "
               f"own {r['own_rate']:.1%}  oracle {r['oracle_target_rate']:.1%}/{r['oracle_leak']:.1%}  "
-              f"bird-less->source {r['empty_mask_called_source']:.0%}  {r['seconds_per_image']:.2f} s/image")
+              f"no bird {r['no_bird_rate']:.1%}  bird-less->source/no-bird {r['empty_mask_called_source']:.0%}/"
+              f"{r['empty_mask_called_no_bird']:.0%}  {r['seconds_per_image']:.2f} s/image")
     print(f"judge held-out accuracy {summary['judge']['heldout_accuracy']:.1%}; gate {summary['gate']}; "
           f"examples (source | mask | other class | judge's view | own class | oracle): {summary['grid']}")
     if str(args.results) != "none":

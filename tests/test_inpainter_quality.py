@@ -80,14 +80,17 @@ def test_judge_masks_hide_the_outline_class():
         m = iq.judge_mask(own, partner, rng)
         assert m[own].all()  # the bird is always fully visible
     views, labels = iq.judge_views(1, 6)
-    assert views.shape == (6, 64, 64, 3) and set(labels) <= {0, 1}
+    assert views.shape == (6, 64, 64, 3) and set(labels) <= {0, 1, iq.NO_BIRD}
+    _, labels = iq.judge_views(1, 40, no_bird=0.5)
+    assert 10 <= (labels == iq.NO_BIRD).sum() <= 30 and {0, 1} <= set(labels)
     assert ((views == 128).all(-1).mean(axis=(1, 2)) > 0.3).all()  # mostly grey outside the region
 
 
 def test_gate_and_report_state_each_direction():
     row = {"direction": "landbird->waterbird", "n": 100, "target_rate": 0.93, "leak": 0.041, "leak_p90": 0.1,
            "judge_on_sources": 0.99, "own_rate": 0.97, "oracle_target_rate": 0.99, "oracle_leak": 0.0,
-           "source_leak": 0.0, "empty_mask_called_source": 0.4, "background_exact_rate": 1.0,
+           "source_leak": 0.0, "no_bird_rate": 0.02, "empty_mask_called_source": 0.04,
+           "empty_mask_called_no_bird": 0.9, "background_exact_rate": 1.0,
            "mask_share": 0.2, "seconds_per_image": 0.1234}
     other = {**row, "direction": "waterbird->landbird", "target_rate": 0.88, "leak": 0.12}
     verdict = iq.gate([row, other])
@@ -98,6 +101,7 @@ def test_gate_and_report_state_each_direction():
                "judge": {"train_views": 12000, "corpus_seed": 1, "heldout_accuracy": 0.995}}
     text = iq.report(summary, INFO, [], "python -m benchmarks.inpainter_quality --n 100")
     assert "`python -m benchmarks.inpainter_quality --n 100`" in text and "dilated 6 px" in text
-    assert "| landbird->waterbird | 100 | 93.0% | 4.1% | 99.0% |" in text
-    assert "| waterbird->landbird | 100 | 88.0% | 12.0% | 99.0% |" in text
+    assert "| landbird->waterbird | 100 | 93.0% | 2.0% | 4.1% | 99.0% |" in text
+    assert "| waterbird->landbird | 100 | 88.0% | 2.0% | 12.0% | 99.0% |" in text
+    assert "| 4% / 90% |" in text
     assert "(a) FAIL, (b) FAIL, (c) pass" in text
