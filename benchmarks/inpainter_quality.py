@@ -9,9 +9,9 @@ stage (``InpaintStage``: per-row seeds, resize, paste-back) at the demo's settin
 
 (a) **cross-class repaints judged as the target**, each direction separately, by a judge that sees
     *only the painted region*: its input is ``repaint * mask + grey * (1 - mask)``
-    (:func:`masked_view`), and "no bird" is a verdict of its own. The judge is a ``small_cnn`` trained on birds of the *pretraining
-    corpus* (:func:`raydbb.data.synthetic.render_pretrain_sample`, another seed than the
-    inpainter's, plumage odds equal for both classes: shape is its only cue) seen through the same
+    (:func:`masked_view`), and "no bird" is a verdict of its own. The judge is a ``small_cnn``
+    trained on birds of the *pretraining corpus*
+    (:func:`raydbb.data.synthetic.render_pretrain_sample`, another seed than the inpainter's, plumage odds equal for both classes: shape is its only cue) seen through the same
     kind of masks, with the background inside the mask drawn from six families independent of the
     class, and masks that are the union of the bird's and an other-class bird's silhouette or a box
     (so the mask's outline does not tell the class either). Texture, colour and outline carry no
@@ -242,7 +242,8 @@ def load_judge(root: Path, n: int = 10000, epochs: int = 6) -> tuple[RegionJudge
         pred = torch.cat([net(to_tensor(held_views[i:i + 256])).argmax(1)
                           for i in range(0, len(held_views), 256)]).numpy()
     info = {"train_views": n, "epochs": epochs, "corpus_seed": JUDGE_SEED,
-            "heldout_accuracy": float((pred == held_labels).mean()), "seconds": round(time.perf_counter() - t0, 1)}
+            "heldout_accuracy": float((pred == held_labels).mean()),
+            "seconds": round(time.perf_counter() - t0, 1)}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state": net.state_dict(), "info": info}, path)
     return RegionJudge(net), info
@@ -355,7 +356,8 @@ def report(summary: dict[str, Any], info: dict[str, Any], load: list[float], com
             f"birds (seed {judge['corpus_seed']}, class-independent colours, six background families, "
             f"class-free mask outlines); held-out accuracy {judge['heldout_accuracy']:.1%}.\n\n"
             + markdown_table(rows)
-            + f"\nGate (targets: (a) ≥ {TARGETS['target_rate']:.0%} each direction, (b) ≤ {TARGETS['leak']:.0%}, "
+            + f"\nGate (targets: (a) ≥ {TARGETS['target_rate']:.0%} each direction, "
+            f"(b) ≤ {TARGETS['leak']:.0%}, "
             f"(c) ≥ {TARGETS['judge_on_sources']:.0%}): (a) {marks[verdict['a_target_rate']]}, "
             f"(b) {marks[verdict['b_leak']]}, (c) {marks[verdict['c_judge_on_sources']]}.\n"
             "Leak = share of mask pixels in the target's majority-background colours (land greens/browns "
@@ -373,8 +375,10 @@ def _model_meta(model: str) -> tuple[str, str]:
         return Path(model).name, "training data unknown"
     data = json.loads(record.read_text()).get("data", {})
     if data.get("corpus") == "pretrain":
-        return Path(model).name, f"trained on {data['train_rows']} pretraining-corpus images, no benchmark image"
-    return Path(model).name, f"trained on the train split of {data.get('name', '?')} ({data.get('train_rows')} rows)"
+        return Path(model).name, (f"trained on {data['train_rows']} pretraining-corpus images, "
+                                  "no benchmark image")
+    return Path(model).name, (f"trained on the train split of {data.get('name', '?')} "
+                              f"({data.get('train_rows')} rows)")
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -401,7 +405,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     write_png_atomic(grid_path, big.repeat(args.grid_zoom, 0).repeat(args.grid_zoom, 1))
     name, corpus = _model_meta(args.model)
     return {"model": args.model, "model_name": name, "model_corpus": corpus, "root": str(root),
-            "data_seed": args.data_seed, "steps": args.steps, "guidance": args.guidance, "dilate": args.dilate,
+            "data_seed": args.data_seed, "steps": args.steps, "guidance": args.guidance,
+            "dilate": args.dilate,
             "scheduler": type(stage.pipe.scheduler).__name__, "threads": args.threads, "judge": judge_info,
             "results": results, "gate": gate(results), "grid": str(grid_path),
             "wall_seconds": round(time.perf_counter() - t0, 1)}
@@ -442,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['direction']:<20} n={r['n']:<4} (a) judged as target {r['target_rate']:.1%}  "
               f"(b) leak {r['leak']:.1%}  (c) judge on sources {r['judge_on_sources']:.1%}  "
               f"own {r['own_rate']:.1%}  oracle {r['oracle_target_rate']:.1%}/{r['oracle_leak']:.1%}  "
-              f"no bird {r['no_bird_rate']:.1%}  bird-less->source/no-bird {r['empty_mask_called_source']:.0%}/"
+              f"no bird {r['no_bird_rate']:.1%}  "
+              f"bird-less->source/no-bird {r['empty_mask_called_source']:.0%}/"
               f"{r['empty_mask_called_no_bird']:.0%}  {r['seconds_per_image']:.2f} s/image")
     print(f"judge held-out accuracy {summary['judge']['heldout_accuracy']:.1%}; gate {summary['gate']}; "
           f"examples (source | mask | other class | judge's view | own class | oracle): {summary['grid']}")

@@ -64,8 +64,10 @@ def test_palettes_match_the_generators_backgrounds_and_spare_its_birds():
     for i in range(12):
         s = render_sample(7, "train", i, i % 2, 0)
         t = render_sample(7, "train", i, i % 2, 1)
-        land.append((iq.in_palette(s.background, "land").mean(), iq.in_palette(s.background, "water").mean()))
-        water.append((iq.in_palette(t.background, "water").mean(), iq.in_palette(t.background, "land").mean()))
+        land.append((iq.in_palette(s.background, "land").mean(),
+                     iq.in_palette(s.background, "water").mean()))
+        water.append((iq.in_palette(t.background, "water").mean(),
+                      iq.in_palette(t.background, "land").mean()))
         birds[i % 2].append(iq.in_palette(s.image, "water")[s.mask].mean())
     assert np.mean([a for a, _ in land]) > 0.9 and max(b for _, b in land) == 0.0
     assert np.mean([a for a, _ in water]) > 0.9 and max(b for _, b in water) == 0.0

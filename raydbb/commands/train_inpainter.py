@@ -17,7 +17,8 @@ on land, water, sky, sand, plain and clutter backgrounds, class independent of b
 disjoint from the benchmark) -- the stand-in for SD-2's pretraining, which never saw the benchmark.
 This is how the inpainter shipped in raydbb/assets was made:
 
-  raydbb train-inpainter --corpus pretrain --n 8000 --out raydbb/assets/synthetic_inpainter --threads 2 --overwrite
+  raydbb train-inpainter --corpus pretrain --n 8000 --steps 3000 \
+      --out raydbb/assets/synthetic_inpainter --threads 1 --overwrite
 
 --corpus dataset --data DIR: the TRAIN split of a dataset with object masks instead (rows sampled
 group-balanced with --balance). On a spuriously correlated split the model learns the shortcut
@@ -49,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="pretraining corpus seed (default %(default)s)")
     parser.add_argument("--colours", choices=["benchmark", "uniform"], default=defaults.corpus_colours,
                         help="pretraining corpus plumage odds (default %(default)s)")
-    parser.add_argument("--data", metavar="DIR", help="dataset folder (train split + masks), --corpus dataset")
+    parser.add_argument("--data", metavar="DIR",
+                        help="dataset folder (train split + masks) for --corpus dataset")
     parser.add_argument("--dataset", choices=["synthetic", "csv"], default="synthetic",
                         help="dataset layout of --data (default synthetic; both are the generic CSV layout)")
     parser.add_argument("--out", required=True, metavar="DIR", help="pipeline folder to write")

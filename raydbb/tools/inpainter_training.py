@@ -254,8 +254,9 @@ def pretrain_training_set(spec: InpainterSpec, image_size: int, progress: bool =
         masks[i] = torch.from_numpy(s.sample.mask)
         labels[i], backgrounds[i] = s.label, s.background
     groups = labels * len(PRETRAIN_BACKGROUNDS) + backgrounds
-    counts = {f"{CLASS_NAMES[g // len(PRETRAIN_BACKGROUNDS)]}/{PRETRAIN_BACKGROUNDS[g % len(PRETRAIN_BACKGROUNDS)]}":
-              int(c) for g, c in zip(*np.unique(groups, return_counts=True), strict=True)}
+    k = len(PRETRAIN_BACKGROUNDS)
+    counts = {f"{CLASS_NAMES[g // k]}/{PRETRAIN_BACKGROUNDS[g % k]}": int(c)
+              for g, c in zip(*np.unique(groups, return_counts=True), strict=True)}
     return TrainingSet(images=images, masks=masks, has_mask=masks.flatten(1).any(1).numpy(), labels=labels,
                        weights=sampling_weights(labels, groups, spec.balance),
                        class_names=list(CLASS_NAMES), group_counts=counts)
@@ -569,7 +570,8 @@ def train_inpainter(records: RecordSet | None, out_dir: str | Path, spec: Inpain
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     if (spec.corpus == "dataset") != (records is not None):
-        raise ConfigError(f"corpus={spec.corpus!r} with records={'given' if records is not None else 'None'}: "
+        given = "given" if records is not None else "None"
+        raise ConfigError(f"corpus={spec.corpus!r} with records={given}: "
                           "expected records for corpus 'dataset' and none for corpus 'pretrain'")
     sizes = spec.model_sizes
     if spec.corpus == "pretrain":
