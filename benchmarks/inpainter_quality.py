@@ -12,8 +12,9 @@ stage (``InpaintStage``: per-row seeds, resize, paste-back) at the demo's settin
     (:func:`masked_view`), and "no bird" is a verdict of its own. The judge is a ``small_cnn``
     trained on birds of the *pretraining corpus*
     (:func:`raydbb.data.synthetic.render_pretrain_sample`, another seed than the inpainter's,
-    plumage odds equal for both classes: shape is its only cue) seen through the same kind of masks, with the background inside the mask drawn from six families independent of the
-    class, and masks that are the union of the bird's and an other-class bird's silhouette or a box
+    plumage odds equal for both classes: shape is its only cue) seen through the same kind of
+    masks, with the background inside the mask drawn from six families independent of the class,
+    and masks that are the union of the bird's and an other-class bird's silhouette or a box
     (so the mask's outline does not tell the class either). Texture, colour and outline carry no
     class information in its training data.
 (b) **background leak**: the share of mask pixels in the colours of the target class's majority
