@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks import engine_vs_loop, ig_cost, inpainter_quality, memory, scaling, stage_limits, streaming
+from benchmarks import engine_vs_loop, ig_cost, memory, scaling, stage_limits, streaming
 from benchmarks.cli import BenchCommand
 from benchmarks.fixtures import build_fixtures
 from benchmarks.machine import machine_info
@@ -149,20 +149,6 @@ def test_streaming_runs_generate_at_two_sizes(ray_local, fx, tmp_path) -> None:
     text = streaming.report(res, INFO, [])
     assert "16 vs 8 samples" in text and "1.3× bound" in text and "| inpaint |" in text
     assert "profile `smoke` (fused layout)" in text
-
-
-def test_inpainter_quality_section_states_the_rates() -> None:
-    subset = {"subset": "test (balanced groups)", "n": 200, "cross_class_target_rate": 0.755,
-              "cross_class_by_direction": {"landbird->waterbird": 0.6, "waterbird->landbird": 0.91},
-              "own_class_rate": 0.87, "judge_accuracy_on_sources": 0.99, "background_exact_rate": 1.0,
-              "seconds_per_image": 0.1234}
-    summary = {"dilate": 6, "steps": 20, "guidance": 20.0, "raw_outside_mask_abs_error": 33.14,
-               "results": [subset]}
-    text = inpainter_quality.report(summary, INFO, [], "python -m benchmarks.inpainter_quality --n 200")
-    assert "`python -m benchmarks.inpainter_quality --n 200`" in text and "dilated 6 px" in text
-    assert "guidance 20;" in text
-    assert "| test (balanced groups) | 200 | 75.5% | 60.0% | 91.0% | 87.0% |" in text
-    assert "mean |Δ| = 33.1/255" in text
 
 
 def test_ig_cost_matches_captum_and_picks_a_setting(fx) -> None:

@@ -50,7 +50,7 @@ def records(data):
 
 def tiny_spec(**changes) -> InpainterSpec:
     base = {"vae_steps": 3, "unet_steps": 3, "vae_batch_size": 4, "batch_size": 4, "vae_crop": 16,
-            "warmup_steps": 5, "sizes": dict(TINY)}
+            "warmup_steps": 5, "sizes": dict(TINY), "corpus": "dataset"}
     return InpainterSpec(**{**base, **changes})
 
 
@@ -80,6 +80,22 @@ def test_training_reduces_losses_and_saves_a_loadable_pipeline(records, tmp_path
     result = pipe("a photo of a waterbird", image=image, mask_image=mask, num_inference_steps=2,
                   output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert result.shape == (1, 16, 16, 3) and np.isfinite(result).all()
+
+
+def test_pretraining_corpus_is_the_default_and_is_recorded(records, tmp_path):
+    assert InpainterSpec().corpus == "pretrain"  # the shipped model never saw the benchmark
+    spec = tiny_spec(corpus="pretrain", corpus_n=24, corpus_seed=3)
+    out = train_inpainter(None, tmp_path / "p", spec, progress=False)
+    data = json.loads((out / TRAINING_RECORD).read_text())["data"]
+    assert data["corpus"] == "pretrain" and data["seed"] == 3 and data["indices"] == [0, 24]
+    assert data["benchmark_images_seen"] == 0 and data["train_rows"] == 24
+    assert sum(data["group_counts"].values()) == 24
+    assert {k.split("/")[1] for k in data["group_counts"]} > {"land", "water"}  # other places too
+    assert StableDiffusionInpaintPipeline.from_pretrained(out).unet.config.in_channels == 9
+    with pytest.raises(ConfigError, match="expected records for corpus 'dataset'"):
+        train_inpainter(records, tmp_path / "q", spec, progress=False)
+    with pytest.raises(ConfigError, match="expected records for corpus 'dataset'"):
+        train_inpainter(None, tmp_path / "q", tiny_spec(), progress=False)
 
 
 def test_same_seed_same_weights_other_seed_other_weights(records, tmp_path):
@@ -148,8 +164,8 @@ def test_empty_train_split_is_a_data_error(tmp_path):
 
 def test_cli_trains_the_default_model_shape(data, tmp_path, capsys):
     out = tmp_path / "cli"
-    args = ["train-inpainter", "--data", str(data), "--out", str(out), "--steps", "1", "--vae-steps", "1",
-            "--batch-size", "2", "--no-progress"]
+    args = ["train-inpainter", "--corpus", "dataset", "--data", str(data), "--out", str(out), "--steps", "1",
+            "--vae-steps", "1", "--batch-size", "2", "--no-progress"]
     assert main(args) == 0
     assert "wrote" in capsys.readouterr().out
     pipe = StableDiffusionInpaintPipeline.from_pretrained(out)
@@ -157,6 +173,16 @@ def test_cli_trains_the_default_model_shape(data, tmp_path, capsys):
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
+    assert main(["train-inpainter", "--corpus", "dataset", "--out", str(out), "--no-progress"]) == 2
+    assert "--data is needed by --corpus dataset" in capsys.readouterr().err
+
+
+def test_cli_trains_on_the_pretraining_corpus_by_default(tmp_path, capsys):
+    out = tmp_path / "pre"
+    assert main(["train-inpainter", "--n", "8", "--out", str(out), "--steps", "1", "--vae-steps", "1",
+                 "--batch-size", "2", "--no-progress"]) == 0
+    data = json.loads((out / TRAINING_RECORD).read_text())["data"]
+    assert data["corpus"] == "pretrain" and data["train_rows"] == 8
 
 
 def test_shipped_inpainter_repaints_only_inside_the_mask(tmp_path):
@@ -165,6 +191,8 @@ def test_shipped_inpainter_repaints_only_inside_the_mask(tmp_path):
     assert size_mb < 20 and not list(path.rglob("*.bin"))
     meta = json.loads((path / TRAINING_RECORD).read_text())
     assert meta["data"]["class_names"] == ["landbird", "waterbird"]
+    # The stand-in for SD-2 was pretrained on the unbiased corpus, never on the benchmark.
+    assert meta["data"]["corpus"] == "pretrain" and meta["data"]["benchmark_images_seen"] == 0
 
     data = write_synthetic(tmp_path / "d", seed=3, n_train=0, n_val=0, n_test=4, size=64, progress=False)
     rows = load_records(DataConfig(name="synthetic", root=str(data))).split("test")

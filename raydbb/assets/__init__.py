@@ -2,8 +2,10 @@
 
 ``synthetic_inpainter/`` is a small Stable-Diffusion-2-shaped inpainting model (``AutoencoderKL``,
 9-channel ``UNet2DConditionModel``, CLIP text encoder and tokenizer, DDIM scheduler) trained by
-``raydbb train-inpainter`` on the training split of the embedded synthetic benchmark
-(``raydbb data synth --seed 0``). It loads with
+``raydbb train-inpainter --corpus pretrain`` on the synthetic world's unbiased pretraining corpus
+(:func:`raydbb.data.synthetic.render_pretrain_sample`: both bird classes on six kinds of
+background, no class-background correlation, no benchmark image) -- the stand-in for SD-2, which
+was pretrained on data unrelated to the benchmark. It loads with
 ``diffusers.StableDiffusionInpaintPipeline.from_pretrained(synthetic_inpainter_path())``
 and is the demo's default ``inpaint.model``; how it was trained is recorded in its
 ``raydbb_inpainter.json``.

@@ -9,18 +9,25 @@ from raydbb.tools.inpainter_training import InpainterSpec
 
 HELP = """\
 Train a small Stable-Diffusion-2-shaped inpainting model (AutoencoderKL, 9-channel UNet, CLIP text
-encoder with the offline CLIP tokenizer, DDIM scheduler) on the TRAIN split of a dataset with
-object masks, and save it as a StableDiffusionInpaintPipeline folder (safetensors) that
-inpaint.model can point at. This is how the inpainter shipped in raydbb/assets was made:
+encoder with the offline CLIP tokenizer, DDIM scheduler) on birds with object masks, and save it as
+a StableDiffusionInpaintPipeline folder (safetensors) that inpaint.model can point at.
 
-  raydbb data synth --out runs/inpainter_data --seed 0
-  raydbb train-inpainter --data runs/inpainter_data --out raydbb/assets/synthetic_inpainter --overwrite
+--corpus pretrain (default): the synthetic world's unbiased pretraining corpus (both bird classes
+on land, water, sky, sand, plain and clutter backgrounds, class independent of background, seeds
+disjoint from the benchmark) -- the stand-in for SD-2's pretraining, which never saw the benchmark.
+This is how the inpainter shipped in raydbb/assets was made:
+
+  raydbb train-inpainter --corpus pretrain --n 8000 --steps 3000 \
+      --out raydbb/assets/synthetic_inpainter --threads 1 --overwrite
+
+--corpus dataset --data DIR: the TRAIN split of a dataset with object masks instead (rows sampled
+group-balanced with --balance). On a spuriously correlated split the model learns the shortcut
+(asked for a waterbird it paints water into the mask).
 
 Phase 1 trains the VAE (64 px -> 16x16x4 latents), phase 2 the UNet and text encoder with the
 standard SD inpainting objective on prompts "a photo of a <class name>" (dropped to "" 10 % of the
-time for classifier-free guidance) and masks that are the object's own mask (dilated), its
-bounding box, or random shapes. Rows are sampled group-balanced using the training split's group
-labels (--balance), so the prompt, not the background, decides which bird is painted.
+time for classifier-free guidance) and masks centred on the object: its own mask (dilated), its
+union with another-class bird's mask, its bounding box, or random shapes.
 
 Deterministic from --seed for a given torch version and --threads. One torch thread is the
 default: on a CPU shared with other work, extra threads spin and can be many times slower; on an
@@ -34,7 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train-inpainter", help="train the small SD-shaped inpainting model on a dataset's train split",
         description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder (train split + masks)")
+    parser.add_argument("--corpus", choices=["pretrain", "dataset"], default=defaults.corpus,
+                        help="training data: the unbiased pretraining corpus or --data's train split "
+                             "(default %(default)s)")
+    parser.add_argument("--n", type=int, default=defaults.corpus_n, metavar="N",
+                        help="pretraining corpus samples (default %(default)s)")
+    parser.add_argument("--corpus-seed", type=int, default=defaults.corpus_seed, metavar="S",
+                        help="pretraining corpus seed (default %(default)s)")
+    parser.add_argument("--colours", choices=["benchmark", "uniform"], default=defaults.corpus_colours,
+                        help="pretraining corpus plumage odds (default %(default)s)")
+    parser.add_argument("--data", metavar="DIR",
+                        help="dataset folder (train split + masks) for --corpus dataset")
     parser.add_argument("--dataset", choices=["synthetic", "csv"], default="synthetic",
                         help="dataset layout of --data (default synthetic; both are the generic CSV layout)")
     parser.add_argument("--out", required=True, metavar="DIR", help="pipeline folder to write")
@@ -66,9 +83,13 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ConfigError(f"--threads={args.threads}: expected an integer >= 1")
     torch.set_num_threads(args.threads)
+    if (args.corpus == "dataset") != (args.data is not None):
+        raise ConfigError(f"--corpus {args.corpus} {'with' if args.data else 'without'} --data: "
+                          "--data is needed by --corpus dataset and only by it")
     spec = InpainterSpec(seed=args.seed, unet_steps=args.steps, vae_steps=args.vae_steps,
-                         batch_size=args.batch_size, lr=args.lr, balance=args.balance)
-    records = load_records(DataConfig(name=args.dataset, root=args.data))
+                         batch_size=args.batch_size, lr=args.lr, balance=args.balance, corpus=args.corpus,
+                         corpus_n=args.n, corpus_seed=args.corpus_seed, corpus_colours=args.colours)
+    records = load_records(DataConfig(name=args.dataset, root=args.data)) if args.data else None
     out = train_inpainter(records, args.out, spec, progress=not args.no_progress, overwrite=args.overwrite)
     record = json.loads((out / TRAINING_RECORD).read_text())
     print(f"wrote {out} (VAE {record['seconds']['vae']:.0f} s, UNet {record['seconds']['unet']:.0f} s; "

@@ -1,4 +1,4 @@
-"""Train a small Stable-Diffusion-2-shaped inpainting model on a labelled dataset with object masks.
+"""Train a small Stable-Diffusion-2-shaped inpainting model on birds with object masks.
 
 This is how the inpainter shipped in ``raydbb/assets/synthetic_inpainter`` is made (``raydbb
 train-inpainter``): the same model family and pipeline class as SD-2 inpainting
@@ -25,9 +25,21 @@ vocabulary word (so a learned token added later is an extra word the model alrea
 dropped to ``""`` with probability ``prompt_dropout`` for classifier-free guidance.
 
 The class is carried only by the prompt: with object masks the bird is fully hidden and the model
-must paint the prompted class. Because the training split is spuriously correlated (waterbirds on
-water), rows are sampled group-balanced by default, *using the training split's group labels*
-(fine for building a demo generator; DDB itself never needs them).
+must paint the prompted class.
+
+Training data (``InpainterSpec.corpus``):
+
+- ``"pretrain"`` (the shipped model): the synthetic world's unbiased *pretraining corpus*
+  (:func:`raydbb.data.synthetic.render_pretrain_sample`: both birds on land, water, sky, sand, plain
+  and clutter backgrounds, class independent of background, a seed namespace disjoint from the
+  benchmark). This is the stand-in for SD-2's web-scale pretraining: the model never sees the
+  benchmark, so it cannot learn the benchmark's class-background shortcut (asked for a waterbird it
+  paints a waterbird, on grass too), as SD-2 had never seen Waterbirds.
+- ``"dataset"``: the ``train`` split of a labelled dataset with object masks. On a spuriously
+  correlated split (waterbirds on water) the model learns the shortcut and paints the background
+  cue into the mask (it did: the earlier shipped model, trained on the benchmark's own split);
+  rows are sampled group-balanced by default, *using the split's group labels*, which reduces but
+  does not remove that.
 """
 
 from __future__ import annotations
@@ -102,6 +114,12 @@ class InpainterSpec:
     prompt_dropout: float = 0.1
     token_word_prob: float = 0.5
     balance: Literal["group", "class", "none"] = "group"
+    # Training data: the unbiased pretraining corpus (``corpus_n`` samples from ``corpus_seed``,
+    # plumage odds ``corpus_colours``) or a dataset's train split (``train_inpainter(records=...)``).
+    corpus: Literal["pretrain", "dataset"] = "pretrain"
+    corpus_n: int = 8000
+    corpus_seed: int = 0
+    corpus_colours: Literal["benchmark", "uniform"] = "benchmark"
     # Mask mix (the rest are random rectangles/ellipses), each dilated/grown by 0..max_dilate px:
     # the object's own mask; its union with an other-class object's mask centred on it (so the
     # hole's shape does not tell the class: only the prompt does); the object's bounding box.
@@ -128,6 +146,13 @@ class InpainterSpec:
         if total > 1.0 + 1e-9:
             raise ConfigError(f"object_mask_prob + pair_mask_prob + box_mask_prob = {total:g}: "
                               "expected at most 1")
+        if self.corpus not in ("pretrain", "dataset"):
+            raise ConfigError(f"corpus={self.corpus!r}: expected pretrain or dataset")
+        if self.corpus_colours not in ("benchmark", "uniform"):
+            raise ConfigError(f"corpus_colours={self.corpus_colours!r}: expected benchmark or uniform")
+        if int(self.corpus_n) < 1 or int(self.corpus_seed) < 0:
+            raise ConfigError(f"corpus_n={self.corpus_n}, corpus_seed={self.corpus_seed}: expected "
+                              "corpus_n >= 1 and corpus_seed >= 0")
         if self.balance not in ("group", "class", "none"):
             raise ConfigError(f"balance={self.balance!r}: expected group, class or none")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -208,6 +233,48 @@ def load_training_set(records: RecordSet, image_size: int, balance: str = "group
         labels=labels, weights=sampling_weights(labels, groups, balance),
         class_names=list(records.class_names), group_counts=counts,
     )
+
+
+def pretrain_training_set(spec: InpainterSpec, image_size: int, progress: bool = True) -> TrainingSet:
+    """The pretraining corpus as a :class:`TrainingSet`: samples ``0..corpus_n-1`` of
+    ``corpus_seed`` drawn at ``image_size`` with their exact object masks.
+
+    Groups are (class, background family); both are drawn uniformly and independently, so
+    ``balance`` changes little (it evens out sampling noise in the counts).
+    """
+    from raydbb.data.synthetic import CLASS_NAMES, PRETRAIN_BACKGROUNDS, render_pretrain_sample
+
+    n = int(spec.corpus_n)
+    images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
+    masks = torch.empty(n, image_size, image_size, dtype=torch.bool)
+    labels, backgrounds = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for i in tqdm(range(n), desc="pretrain corpus", disable=not progress):
+        s = render_pretrain_sample(spec.corpus_seed, i, image_size, spec.corpus_colours)
+        images[i] = torch.from_numpy(s.sample.image).permute(2, 0, 1)
+        masks[i] = torch.from_numpy(s.sample.mask)
+        labels[i], backgrounds[i] = s.label, s.background
+    groups = labels * len(PRETRAIN_BACKGROUNDS) + backgrounds
+    k = len(PRETRAIN_BACKGROUNDS)
+    counts = {f"{CLASS_NAMES[g // k]}/{PRETRAIN_BACKGROUNDS[g % k]}": int(c)
+              for g, c in zip(*np.unique(groups, return_counts=True), strict=True)}
+    return TrainingSet(images=images, masks=masks, has_mask=masks.flatten(1).any(1).numpy(), labels=labels,
+                       weights=sampling_weights(labels, groups, spec.balance),
+                       class_names=list(CLASS_NAMES), group_counts=counts)
+
+
+def _data_record(spec: InpainterSpec, records: RecordSet | None, data: TrainingSet) -> dict[str, Any]:
+    """What the model saw, for ``raydbb_inpainter.json``."""
+    common = {"class_names": data.class_names, "train_rows": len(data.labels),
+              "rows_with_mask": int(data.has_mask.sum()), "group_counts": data.group_counts}
+    if spec.corpus == "pretrain":
+        from raydbb.data.synthetic import GENERATOR_VERSION, PRETRAIN_BACKGROUNDS
+
+        return {"name": "synthetic pretraining corpus", "corpus": "pretrain",
+                "source": "raydbb.data.synthetic.render_pretrain_sample", "seed": spec.corpus_seed,
+                "indices": [0, int(spec.corpus_n)], "colours": spec.corpus_colours,
+                "backgrounds": list(PRETRAIN_BACKGROUNDS), "generator_version": GENERATOR_VERSION,
+                "benchmark_images_seen": 0, **common}
+    return {"name": records.name, "corpus": "dataset", "split": "train", **common}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,9 +552,12 @@ def train_denoiser(pipe: StableDiffusionInpaintPipeline, data: TrainingSet, spec
     return losses
 
 
-def train_inpainter(records: RecordSet, out_dir: str | Path, spec: InpainterSpec | None = None,
+def train_inpainter(records: RecordSet | None, out_dir: str | Path, spec: InpainterSpec | None = None,
                     progress: bool = True, overwrite: bool = False) -> Path:
-    """Train the small inpainting pipeline on ``records``' train split and save it to ``out_dir``.
+    """Train the small inpainting pipeline and save it to ``out_dir``.
+
+    The data is the pretraining corpus (``spec.corpus == "pretrain"``, the default; ``records``
+    must then be ``None``) or ``records``' train split (``spec.corpus == "dataset"``).
 
     The folder loads with ``StableDiffusionInpaintPipeline.from_pretrained(out_dir)`` (safetensors
     weights) and also holds ``raydbb_small_sd.json`` (sizes) and ``raydbb_inpainter.json`` (how it
@@ -499,8 +569,15 @@ def train_inpainter(records: RecordSet, out_dir: str | Path, spec: InpainterSpec
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    if (spec.corpus == "dataset") != (records is not None):
+        given = "given" if records is not None else "None"
+        raise ConfigError(f"corpus={spec.corpus!r} with records={given}: "
+                          "expected records for corpus 'dataset' and none for corpus 'pretrain'")
     sizes = spec.model_sizes
-    data = load_training_set(records, sizes.image_size, spec.balance, progress=progress)
+    if spec.corpus == "pretrain":
+        data = pretrain_training_set(spec, sizes.image_size, progress=progress)
+    else:
+        data = load_training_set(records, sizes.image_size, spec.balance, progress=progress)
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(8,)))
     gen = torch.Generator().manual_seed(spec.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -522,8 +599,7 @@ def train_inpainter(records: RecordSet, out_dir: str | Path, spec: InpainterSpec
         (tmp / SIZES_RECORD).write_text(json.dumps(sizes_record, indent=2) + "\n")
         record = {
             "spec": dataclasses.asdict(spec),
-            "data": {"name": records.name, "class_names": data.class_names, "train_rows": len(data.labels),
-                     "rows_with_mask": int(data.has_mask.sum()), "group_counts": data.group_counts},
+            "data": _data_record(spec, records, data),
             "scaling_factor": float(pipe.vae.config.scaling_factor),
             "vae_loss_start_end": loss_start_end(vae_losses),
             "unet_loss_start_end": loss_start_end(unet_losses),
