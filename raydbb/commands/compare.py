@@ -43,10 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)  # first: a config error is reported without loading torch
     from raydbb.compare import parse_grid_overrides, run_compare
     from raydbb.errors import ConfigError
 
-    cfg = config_from_args(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -46,11 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)  # first: a config error is reported without loading torch
     from raydbb.data.registry import load_records
     from raydbb.training.evaluate import evaluate_checkpoint, write_metrics
     from raydbb.training.metrics import format_group_table
 
-    cfg = config_from_args(args)
     if args.dataset:
         cfg.data.name = args.dataset
     if args.root:

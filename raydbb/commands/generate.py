@@ -48,9 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)  # first: a config error is reported without loading torch
     from raydbb.ddb.generate import format_summary, run_generate
 
-    cfg = config_from_args(args)
     if args.dry_run:
         from raydbb.plan import run_dry
 

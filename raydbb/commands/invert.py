@@ -48,11 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)  # first: a config error is reported without loading torch
     from pathlib import Path
 
     from raydbb.ddb.inversion.run import run_inversion
 
-    cfg = config_from_args(args)
     if args.dry_run:
         from raydbb.plan import run_dry
 

@@ -38,10 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)  # first: a config error is reported without loading torch
     from raydbb.training.erm import train_erm
     from raydbb.training.metrics import format_group_table
 
-    cfg = config_from_args(args)
     if args.dry_run:
         from raydbb.plan import run_dry
 

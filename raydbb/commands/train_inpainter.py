@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from raydbb.tools.inpainter_training import InpainterSpec
+from raydbb.tools.inpainter_spec import InpainterSpec
 
 HELP = """\
 Train a small Stable-Diffusion-2-shaped inpainting model (AutoencoderKL, 9-channel UNet, CLIP text

@@ -58,10 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)  # first: a config error is reported without loading torch
     from raydbb.ddb.retrain.run import run_retrain
     from raydbb.ddb.tune import format_trials, run_tune
 
-    cfg = config_from_args(args)
     if args.dry_run:
         from raydbb.plan import run_dry
 
