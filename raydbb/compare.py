@@ -30,7 +30,7 @@ import pandas as pd
 from raydbb import storage
 from raydbb.baselines.registry import METHODS, PAPER_DATASETS, PAPER_ONLY, get_method, resolve_grid
 from raydbb.config import RaydbbConfig, resource_fields
-from raydbb.errors import ConfigError
+from raydbb.errors import ConfigError, RaydbbError
 from raydbb.rundir import RunDir
 
 RESULT_FILE = "result.json"
@@ -131,6 +131,18 @@ def _archive(run_dir: Path, out: Path) -> Path:
     return stale
 
 
+def _result(ref: Any, job: Job) -> dict[str, Any]:
+    """A finished task's result; a user error inside it comes back as the same one-line error."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, RaydbbError):
+            raise type(err.cause)(f"{job.method} seed {job.seed}: {err.cause}") from None
+        raise
+
+
 def run_compare(cfg: RaydbbConfig, methods: Sequence[str], seeds: Sequence[int],
                 grids: dict[str, dict[str, list[Any]]] | None = None, max_parallel: int = 2,
                 use_ray: bool = True) -> dict[str, Any]:
@@ -139,7 +151,10 @@ def run_compare(cfg: RaydbbConfig, methods: Sequence[str], seeds: Sequence[int],
     Returns ``{"ran": [...], "skipped": [...], "results": [result docs], "csv": path, "table": path}``.
     ``use_ray=False`` runs the jobs one after the other in this process (same results).
     """
+    from raydbb.data.registry import load_records
+
     waves = plan(cfg, methods, seeds, grids)
+    load_records(cfg.data)  # a missing or broken dataset fails here, in one line, before any task
     cfg_json = cfg.model_dump(mode="json")
     out = Path(cfg.out)
     ran, skipped, docs = [], [], {}
@@ -170,13 +185,13 @@ def run_compare(cfg: RaydbbConfig, methods: Sequence[str], seeds: Sequence[int],
             for job, a in zip(todo, args, strict=True):
                 while len(pending) >= max(1, max_parallel):
                     ready, pending = ray.wait(pending, num_returns=1)
-                    _collect(ray.get(ready[0]), by_ref.pop(ready[0]), docs, ran)
+                    _collect(_result(ready[0], by_ref[ready[0]]), by_ref.pop(ready[0]), docs, ran)
                 ref = remote.remote(*a)
                 by_ref[ref] = job
                 pending.append(ref)
                 print(f"compare: {job.method} seed {job.seed}: started")
             for ref in pending:
-                _collect(ray.get(ref), by_ref[ref], docs, ran)
+                _collect(_result(ref, by_ref[ref]), by_ref[ref], docs, ran)
         else:
             for job, a in zip(todo, args, strict=True):
                 print(f"compare: {job.method} seed {job.seed}: started")

@@ -212,3 +212,10 @@ def test_checkpoint_of_an_unfinished_training_run_is_refused(tmp_path):
     meta["training"] = "finished"
     (tmp_path / "erm" / "classifier.json").write_text(json.dumps(meta))
     assert classifier_dir(cfg) == tmp_path / "erm"
+
+
+def test_compare_with_a_missing_dataset_is_one_line_before_any_task(tmp_path, capsys):
+    assert main(["compare", "--methods", "erm", "--seeds", "0", f"out={tmp_path / 'cmp'}",
+                 f"data.root={tmp_path / 'none'}"]) == 2
+    assert "dataset root" in _one_line_error(capsys)
+    assert not (tmp_path / "cmp" / "compare").exists()
