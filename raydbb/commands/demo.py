@@ -2,7 +2,8 @@
 
 The demo is the cluster pipeline (:func:`raydbb.workflow.run_steps` over
 :func:`~raydbb.workflow.pipeline_steps`) with the packaged config ``raydbb/configs/demo.yaml``
-and the small in-domain inpainter shipped in ``raydbb/assets``, plus one last step that writes
+and the small inpainter shipped in ``raydbb/assets`` (pretrained on a corpus unrelated to the
+benchmark, docs/world.md), plus one last step that writes
 ``OUT/report.html``.
 """
 
@@ -26,7 +27,8 @@ waterbirds on land and water backgrounds; in training, 95 % of each class sits o
 background), through the same steps a cluster run takes:
 
   synth      draw the benchmark into OUT/data
-  train_erm  ERM small CNN (Ray Train), selected on validation worst-group accuracy -> OUT/erm
+  train_erm  ERM: fine-tunes the shipped pretrained backbone (Ray Train), selected on validation
+             worst-group accuracy -> OUT/erm
   invert     per-sample ERM losses -> majority proxies, tau and the token pool; one learned
              token per class (textual inversion) -> OUT/tokens
   generate   dataset masks -> inpaint each majority proxy as the other class with the small
@@ -41,8 +43,8 @@ Re-running the same command into the same OUT resumes: finished steps are skippe
 run re-run takes seconds); a changed setting re-runs its step and everything after it, moving
 the old outputs to OUT/.stale/.
 
-About 5 minutes on 2 idle CPU cores (measured 4.6-5.0 min over seeds 0-4; test worst-group
-accuracy ERM 0.1 -> DDB 55.4 on average, see docs/results.md). --fast runs tiny sizes (a smoke test of
+About 6 minutes on 2 idle CPU cores, up to 8 on a busy one (seed 0: test worst-group accuracy
+ERM 54.3 -> DDB 70.0; docs/results.md has every seed). --fast runs tiny sizes (a smoke test of
 every step; its numbers mean nothing). Any config field can be overridden:
 raydbb demo --out runs/d retrain.epochs=6
 
