@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from raydbb.cli import main
@@ -181,3 +182,23 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
     # a thousand or more distinct saturated colours (text and charts: greys and a few flat colours).
     saturated = pixels[(pixels.max(axis=1) - pixels.min(axis=1)) > 60]
     assert np.unique(saturated, axis=0).shape[0] > 1000  # 7 images of 16x16 noise: ~1600
+
+
+def test_report_shows_the_comparison_when_the_run_holds_one(run_dir: Path) -> None:
+    from raydbb.ddb.report import compare_summary
+
+    rows = [("erm", 0, 0.50, False), ("erm", 1, 0.60, False), ("groupdro", 0, 0.90, True),
+            ("groupdro", 1, 0.94, True), ("ddb", 0, 0.70, False), ("ddb", 1, 0.80, False)]
+    frame = pd.DataFrame([{"method": m, "seed": s, "split": split, "reference_upper_bound": ref,
+                           "worst_group_accuracy": w if split == "test" else 0.0}
+                          for m, s, w, ref in rows for split in ("val", "test")])
+    (run_dir / "compare").mkdir()
+    frame.to_csv(run_dir / "compare" / "results.csv", index=False)
+    summary = compare_summary(frame)
+    assert list(summary["method"]) == ["erm", "groupdro", "ddb"]
+    # mean and sample std of (50, 60) = 55 ± 7.07; of (90, 94) = 92 ± 2.83
+    assert summary["wga_mean"].round(2).tolist() == [55.0, 92.0, 75.0]
+    assert summary["wga_std"].round(2).tolist() == [7.07, 2.83, 7.07]
+    html = write_report(run_dir).read_text()
+    assert "id='comparison'" in html and "55.0 ± 7.1" in html
+    assert "groupdro (reference: train group labels)" in html

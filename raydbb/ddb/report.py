@@ -82,7 +82,19 @@ def read_run(run: str | Path) -> dict[str, Any]:
         "config": config or {},
         "markers": markers,
         "manifest": read_manifest(root),
+        "compare": _read_compare(run_dir.compare / "results.csv"),
     }
+
+
+def _read_compare(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    needed = {"method", "seed", "split", "worst_group_accuracy", "reference_upper_bound"}
+    missing = needed - set(frame.columns)
+    if missing:
+        raise DataError(f"{path}: missing columns {sorted(missing)}; expected raydbb compare's results.csv")
+    return frame
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,6 +218,48 @@ def _accuracy_section(metrics: dict[str, Any]) -> str:
     if len(models) == 1:
         parts.append(f"<p class='missing'>Only {models[0][1]} has been evaluated so far.</p>")
     return "\n".join(parts)
+
+
+def compare_summary(results: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """Per method (in the results' order): seeds, mean and sample std of worst-group accuracy (%),
+    and whether it is the reference that uses train group labels."""
+    rows = results[results["split"] == split]
+    order = list(dict.fromkeys(rows["method"]))
+    grouped = rows.groupby("method", sort=False)
+    return pd.DataFrame({
+        "method": order,
+        "seeds": [int(grouped.get_group(m)["seed"].nunique()) for m in order],
+        "wga_mean": [100 * float(grouped.get_group(m)["worst_group_accuracy"].mean()) for m in order],
+        "wga_std": [100 * float(grouped.get_group(m)["worst_group_accuracy"].std(ddof=1))
+                    if grouped.get_group(m)["seed"].nunique() > 1 else 0.0 for m in order],
+        "reference": [bool(grouped.get_group(m)["reference_upper_bound"].any()) for m in order],
+    })
+
+
+def comparison_chart(summary: pd.DataFrame) -> bytes:
+    """Bars: mean test worst-group accuracy per method, error bars one std over seeds."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(5.0, 0.9 * len(summary)), 3.4))
+    ax = fig.add_subplot()
+    labels = [f"{m}\n(train groups)" if ref else m for m, ref in zip(summary["method"], summary["reference"],
+                                                                      strict=True)]
+    colours = ["#bbbbbb" if ref else ("#1f77b4" if m == "ddb" else "#7f7f7f")
+               for m, ref in zip(summary["method"], summary["reference"], strict=True)]
+    ax.bar(range(len(summary)), summary["wga_mean"], yerr=summary["wga_std"], color=colours, capsize=4)
+    ax.set_xticks(range(len(summary)), labels, fontsize=9)
+    ax.set_ylabel("test worst-group accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("raydbb compare: mean ± std over seeds")
+    return _figure_png(fig)
+
+
+def _comparison_section(results: pd.DataFrame) -> str:
+    summary = compare_summary(results)
+    rows = [[m + (" (reference: train group labels)" if ref else ""), n, f"{mean:.1f} ± {std:.1f}"]
+            for m, n, mean, std, ref in summary.itertuples(index=False)]
+    return (_img(png_data_uri(comparison_chart(summary)), "worst-group accuracy per method", cls="chart")
+            + _table(["method", "seeds", "test worst-group accuracy %"], rows))
 
 
 def _class_names(run: dict[str, Any]) -> list[str]:
@@ -399,6 +453,9 @@ def render_report(run: dict[str, Any], per_reason: int = 6) -> str:
         "pruning": ("Pruning: counts by reason, τ and δ", _pruning_section(run)),
         "throughput": ("Throughput", _throughput_section(run)),
     }
+    if run.get("compare") is not None:
+        sections["comparison"] = ("Comparison with other methods (raydbb compare)",
+                                  _comparison_section(run["compare"]))
     body = "\n".join(f"<section id='{key}'><h2>{_esc(title)}</h2>\n{content}</section>"
                      for key, (title, content) in sections.items())
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>raydbb report</title>"
