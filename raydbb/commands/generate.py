@@ -49,12 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # first: a config error is reported without loading torch
-    from raydbb.ddb.generate import format_summary, run_generate
-
     if args.dry_run:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "generate")
+    from raydbb.ddb.generate import format_summary, run_generate
+
     summary = run_generate(cfg, engine=args.engine, progress=not args.no_progress,
                            allow_changed=args.allow_changed)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))

@@ -49,14 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # first: a config error is reported without loading torch
-    from pathlib import Path
-
-    from raydbb.ddb.inversion.run import run_inversion
-
     if args.dry_run:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "invert")
+    from pathlib import Path
+
+    from raydbb.ddb.inversion.run import run_inversion
+
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(Path(cfg.out) / "invert_config.yaml")
     results = run_inversion(cfg, engine=args.engine, progress=not args.no_progress)

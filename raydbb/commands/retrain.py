@@ -60,13 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # first: a config error is reported without loading torch
-    from raydbb.ddb.retrain.head import fast_retrain
-    from raydbb.ddb.retrain.run import run_retrain
-
     if args.dry_run:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "retrain", manifest=args.manifest)
+    from raydbb.ddb.retrain.head import fast_retrain
+    from raydbb.ddb.retrain.run import run_retrain
+
     retrain = fast_retrain if args.fast else run_retrain
     result = retrain(cfg, args.manifest, progress=not args.no_progress)
     print(result.table())

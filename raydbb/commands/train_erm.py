@@ -39,13 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # first: a config error is reported without loading torch
-    from raydbb.training.erm import train_erm
-    from raydbb.training.metrics import format_group_table
-
     if args.dry_run:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "train-erm")
+    from raydbb.training.erm import train_erm
+    from raydbb.training.metrics import format_group_table
+
     result = train_erm(cfg)
     title = (f"ERM {cfg.classifier.arch} on {cfg.data.name}: epoch {result.best_epoch} selected by "
              f"val worst-group accuracy ({result.checkpoint_dir})")

@@ -59,13 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # first: a config error is reported without loading torch
-    from raydbb.ddb.retrain.run import run_retrain
-    from raydbb.ddb.tune import format_trials, run_tune
-
     if args.dry_run:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "tune", manifest=args.manifest)
+    from raydbb.ddb.retrain.run import run_retrain
+    from raydbb.ddb.tune import format_trials, run_tune
+
     result = run_tune(cfg, args.manifest, progress=not args.no_progress)
     print(format_trials(result.trials))
     print(f"wrote {result.best_path} and {result.trials_path}")
