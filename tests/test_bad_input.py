@@ -219,3 +219,12 @@ def test_compare_with_a_missing_dataset_is_one_line_before_any_task(tmp_path, ca
                  f"data.root={tmp_path / 'none'}"]) == 2
     assert "dataset root" in _one_line_error(capsys)
     assert not (tmp_path / "cmp" / "compare").exists()
+
+
+def test_dataset_one_folder_down_gets_a_did_you_mean(tmp_path, capsys):
+    inner = tmp_path / "MetaDatasetCatDog"
+    for rel in ("train/cat/cat(sofa)", "train/cat/cat(bed)", "train/dog/dog(bench)", "train/dog/dog(bike)",
+                "test/cat/cat(shelf)", "test/dog/dog(shelf)"):
+        (inner / rel).mkdir(parents=True)
+    assert main(["data", "inspect", "--dataset", "metashift", "--root", str(tmp_path)]) == 2
+    assert f"did you mean {inner}?" in _one_line_error(capsys)

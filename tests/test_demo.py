@@ -86,3 +86,18 @@ def test_fast_demo_end_to_end_then_rerun_skips_every_step(ray_local, tmp_path: P
     assert "running again" not in proc.stdout
     assert elapsed < 30, f"rerun took {elapsed:.1f} s"
     assert json.loads((out / "metrics.json").read_text()) == metrics
+
+
+@pytest.mark.slow
+def test_fast_demo_log_reads_clean(tmp_path: Path) -> None:
+    """What a user reads: no traceback, no error line and no warning they cannot act on."""
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--fast", "--no-progress"]
+    run = subprocess.run([sys.executable, "-m", "raydbb.cli", *argv], capture_output=True, text=True,
+                         timeout=900)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    bad = [line for line in log.splitlines()
+           if "Traceback" in line or "ERROR" in line or "Error" in line or "WARNING" in line
+           or "Warning" in line or "warnings.warn" in line]
+    assert bad == [], "\n".join(bad[:20])
+    assert log.count("[1/7] synth: draw") == 1  # each step's header once

@@ -151,7 +151,11 @@ def require_files(root: Path, names: list[str], dataset: str) -> None:
         raise DataError(f"{dataset}: dataset root {root} is not a folder")
     for name in names:
         if not (root / name).exists():
-            raise DataError(f"{dataset}: missing {root / name}; expected the dataset's {name}")
+            # A common slip: pointing at the folder above the dataset (the archive's parent).
+            below = [sub for sub in sorted(root.iterdir())
+                     if sub.is_dir() and all((sub / n).exists() for n in names)]
+            hint = f"; did you mean {below[0]}?" if below else ""
+            raise DataError(f"{dataset}: missing {root / name}; expected the dataset's {name}{hint}")
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
