@@ -21,6 +21,15 @@ def tiny(tmp_path: Path) -> list[str]:
             "inpaint.resources={actors: 2, num_cpus: 1, batch_size: 4}"]
 
 
+@pytest.fixture(autouse=True)
+def no_ray_running():
+    """Each test starts with no Ray in this process (an earlier test module may have left one), so
+    that `nothing_started` shows the dry run itself started none."""
+    import ray
+
+    ray.shutdown()
+
+
 def nothing_started(tmp_path: Path) -> None:
     import ray
 

@@ -20,13 +20,14 @@ import gzip
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from raydbb.models.small_sd_sizes import SmallSDSizes
 
 # CLIP's BPE vocabulary: 256 bytes + 256 bytes+"</w>" + 48894 merges + 2 special tokens = 49408.
 CLIP_NUM_MERGES = 49152 - 256 - 2
@@ -81,35 +82,6 @@ def build_clip_tokenizer(out_dir: str | Path) -> CLIPTokenizer:
     tokenizer = CLIPTokenizer.from_pretrained(out, model_max_length=CLIP_CONTEXT_LENGTH)
     tokenizer.save_pretrained(out)  # adds tokenizer.json + tokenizer_config.json for plain reloads
     return tokenizer
-
-
-@dataclass(frozen=True)
-class SmallSDSizes:
-    """Sizes of a small SD-shaped inpainting model (defaults: tiny, for tests).
-
-    ``sample_size`` is the UNet's latent side; the pipeline's default image side is
-    ``sample_size * 2 ** (len(vae_channels) - 1)``.
-    """
-
-    sample_size: int = 32
-    block_channels: tuple[int, ...] = (32, 64)
-    layers_per_block: int = 1
-    attention_head_dim: int = 8
-    norm_num_groups: int = 32
-    vae_channels: tuple[int, ...] = (32, 64)
-    vae_layers_per_block: int = 1
-    latent_channels: int = 4
-    vae_scaling_factor: float = 0.18215
-    text_hidden: int = 32
-    text_layers: int = 2
-    text_heads: int = 2
-    text_intermediate: int = 64
-    num_train_timesteps: int = 1000
-
-    @property
-    def image_size(self) -> int:
-        """Default working resolution (pixels) of the pipeline."""
-        return self.sample_size * 2 ** (len(self.vae_channels) - 1)
 
 
 @contextmanager

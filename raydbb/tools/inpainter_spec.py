@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from raydbb.errors import ConfigError
-
-if TYPE_CHECKING:
-    from raydbb.models.small_sd import SmallSDSizes
-
+from raydbb.models.small_sd_sizes import SmallSDSizes
 
 #: Sizes of the shipped model: 64 px images, 16x16x4 latents, ~1.5 M UNet parameters.
 DEFAULT_SIZES: dict[str, Any] = {
@@ -96,14 +93,11 @@ class InpainterSpec:
             raise ConfigError(f"balance={self.balance!r}: expected group, class or none")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay={self.ema_decay}: expected a value in [0, 1)")
-
-    @property
-    def model_sizes(self) -> SmallSDSizes:
-        """The :class:`SmallSDSizes` of the model to train (checked here, where the model code is
-        loaded anyway: the spec itself stays importable without torch)."""
-        from raydbb.models.small_sd import SmallSDSizes
-
         unknown = sorted(set(self.sizes) - {f.name for f in dataclasses.fields(SmallSDSizes)})
         if unknown:
             raise ConfigError(f"sizes: unknown field(s) {unknown}; expected SmallSDSizes fields")
+
+    @property
+    def model_sizes(self) -> SmallSDSizes:
+        """The :class:`SmallSDSizes` of the model to train."""
         return SmallSDSizes(**self.sizes)
