@@ -80,6 +80,11 @@ def quiet_worker_logs() -> None:
         _MessageFilter("Failed to query Ray Train Controller actor state"))
 
 
+def quiet_progress_notice() -> None:
+    """Drop Ray Data's notice that progress bars are off: the user turned them off (--no-progress)."""
+    logging.getLogger("ray.data._internal.progress").addFilter(_MessageFilter("Progress bars"))
+
+
 class _MessageFilter(logging.Filter):
     def __init__(self, prefix: str) -> None:
         super().__init__()

@@ -43,11 +43,13 @@ def start_engine(engine: str, ray_cfg: RayConfig, progress: bool = True) -> None
         return
     import ray
 
-    from raydbb.ray_utils import init_ray
+    from raydbb.ray_utils import init_ray, quiet_progress_notice
 
     init_ray(ray_cfg)
     # Ray Data's per-operator progress (bars on a terminal, log lines in a job's log)
     ray.data.DataContext.get_current().enable_progress_bars = progress
+    if not progress:
+        quiet_progress_notice()
 
 
 def execute(stages: list[Stage], rows: pd.DataFrame, engine: str = "ray",
