@@ -45,6 +45,12 @@ def init_ray(cfg: RayConfig) -> None:
 
 
 STARTUP_TIMEOUT = "timed out during startup"
+# Local instances run without the dashboard, so they have no state API. Ray Train's placement-group
+# cleaner asks that API whether its controller is alive; left to find one, it can reach another
+# cluster's dashboard on the default port (a `ray start` head, a test suite's job server), hear
+# "no such actor" and remove the placement group of a live training run. A loopback port nothing
+# serves makes every such lookup fail, which the cleaner treats as "unknown, keep going".
+NO_API_SERVER = "http://127.0.0.1:9"
 
 
 def _start_local(cfg: RayConfig) -> None:
@@ -65,7 +71,8 @@ def _start_local(cfg: RayConfig) -> None:
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=True,
-            runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"},
+            runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}",
+                                      "RAY_API_SERVER_ADDRESS": NO_API_SERVER},
                          "worker_process_setup_hook": "raydbb.ray_utils.quiet_worker_logs"},
         )
     finally:

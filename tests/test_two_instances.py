@@ -39,3 +39,29 @@ def test_two_training_runs_at_once_each_finish_on_their_own_instance(tmp_path):
         assert "Token authentication is enabled" not in out
         metrics = json.loads((tmp_path / name / "erm" / "metrics.json").read_text())
         assert metrics["run"]["best_epoch"] in (1, 2)
+
+
+def test_workers_of_a_local_instance_never_reach_another_clusters_state_api():
+    import ray
+
+    from raydbb.config import RayConfig
+    from raydbb.ray_utils import NO_API_SERVER, init_ray
+
+    ray.shutdown()
+    try:
+        init_ray(RayConfig(num_cpus=1))
+
+        @ray.remote(num_cpus=0)
+        def lookup():
+            from ray.train.v2._internal.state.util import is_actor_alive
+            from ray.util.state.exception import RayStateApiException
+
+            try:
+                return os.environ["RAY_API_SERVER_ADDRESS"], is_actor_alive(actor_id="0" * 32, timeout=2)
+            except RayStateApiException:
+                return os.environ["RAY_API_SERVER_ADDRESS"], "unknown"
+
+        # "unknown" keeps Ray Train's cleaner waiting; False would make it remove a live run's resources
+        assert ray.get(lookup.remote()) == (NO_API_SERVER, "unknown")
+    finally:
+        ray.shutdown()
