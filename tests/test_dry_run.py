@@ -21,19 +21,22 @@ def tiny(tmp_path: Path) -> list[str]:
             "inpaint.resources={actors: 2, num_cpus: 1, batch_size: 4}"]
 
 
+RAY_WAS_RUNNING: list[bool] = []
+
+
 @pytest.fixture(autouse=True)
-def no_ray_running():
-    """Each test starts with no Ray in this process (an earlier test module may have left one), so
-    that `nothing_started` shows the dry run itself started none."""
+def ray_before():
+    """Whether Ray ran in this process before the test (the suite's session instance may): a dry run
+    must leave that as it was. Shutting it down here would pull it from under later tests."""
     import ray
 
-    ray.shutdown()
+    RAY_WAS_RUNNING[:] = [ray.is_initialized()]
 
 
 def nothing_started(tmp_path: Path) -> None:
     import ray
 
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == RAY_WAS_RUNNING[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
