@@ -126,6 +126,9 @@ class TrainConfig(Section):
     loader_workers: int = Field(0, ge=0, description="torch DataLoader processes per Ray worker",
                                 json_schema_extra=RESOURCE)
     seed: int = 0
+    bad_images: Literal["skip", "refuse"] = Field(
+        "skip", description="images that cannot be decoded: train without them (listed in the "
+        "checkpoint folder's skipped_images.csv) or refuse in one line")
 
 
 class RayConfig(Section):

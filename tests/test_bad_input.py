@@ -6,8 +6,11 @@ The start of the bad-input matrix: configuration files and overrides that are no
 from __future__ import annotations
 
 import pytest
+from data_fixtures import write_image
 
 from raydbb.cli import main
+from raydbb.config import build_config
+from raydbb.errors import DataError
 
 BAD_CONFIG_FILES = {
     "yaml syntax": (b"train: {epochs: [1\n", "not valid YAML (line 2, column 1)"),
@@ -228,3 +231,51 @@ def test_dataset_one_folder_down_gets_a_did_you_mean(tmp_path, capsys):
         (inner / rel).mkdir(parents=True)
     assert main(["data", "inspect", "--dataset", "metashift", "--root", str(tmp_path)]) == 2
     assert f"did you mean {inner}?" in _one_line_error(capsys)
+
+
+def test_data_inspect_check_images_lists_what_cannot_be_read(tmp_path, capsys):
+    root = _broken_images_dataset(tmp_path)
+    assert main(["data", "inspect", "--dataset", "csv", "--root", str(root), "--check-images"]) == 1
+    out = capsys.readouterr().out
+    assert "images that cannot be read: 2" in out
+    assert "empty.png could not be decoded" in out and "garbage.png could not be decoded" in out
+    assert main(["data", "inspect", "--dataset", "csv", "--root", str(root)]) == 0  # no decoding asked
+
+
+def test_drop_unreadable_skips_with_a_table_or_refuses(tmp_path):
+    from raydbb.data.registry import load_records
+    from raydbb.data.scan import drop_unreadable
+
+    root = _broken_images_dataset(tmp_path)
+    records = load_records(build_config({"data": {"name": "csv", "root": str(root)}}).data)
+    frames = {"train": records.split("train")}
+    kept, skipped = drop_unreadable(frames, "skip", progress=False)
+    assert len(kept["train"]) == 2 and list(skipped["split"]) == ["train", "train"]
+    with pytest.raises(DataError, match=r"^2 image\(s\) cannot be read"):
+        drop_unreadable(frames, "refuse", progress=False)
+
+
+def test_a_label_seen_once_among_hundreds_is_warned_about(tmp_path, capsys):
+    from raydbb.data.registry import load_records
+
+    (tmp_path / "images").mkdir()
+    write_image(tmp_path / "images" / "a.png")
+    labels = ["landbird"] * 150 + ["waterbird"] * 120 + ["landbrid"]
+    rows = ["path,label,sample_id"] + [f"images/a.png,{label},s{i}" for i, label in enumerate(labels)]
+    (tmp_path / "metadata.csv").write_text("\n".join(rows) + "\n")
+    records = load_records(build_config({"data": {"name": "csv", "root": str(tmp_path)}}).data)
+    assert records.class_names == ["landbird", "landbrid", "waterbird"]  # kept, as documented
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "label 'landbrid' appears in only 1 row(s)" in err[0]
+
+
+def _broken_images_dataset(root):
+    (root / "images").mkdir()
+    write_image(root / "images" / "good1.png")
+    write_image(root / "images" / "good2.png")
+    (root / "images" / "empty.png").write_bytes(b"")
+    (root / "images" / "garbage.png").write_bytes(b"\x89PNG not really")
+    names = ["good1", "good2", "empty", "garbage"]
+    (root / "metadata.csv").write_text("path,label\n" + "".join(f"images/{n}.png,{i % 2}\n"
+                                                                for i, n in enumerate(names)))
+    return root

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -150,15 +152,28 @@ def test_retrain_hook_head_only_keeps_backbone(ray_local, tiny_dataset, tmp_path
     assert result.metrics["val"]["weighted_average_accuracy"] is None  # no train fractions given
 
 
-def test_corrupt_training_image_is_one_line_data_error(ray_local, tiny_dataset, tmp_path):
+def test_unreadable_images_are_skipped_and_listed_or_refused_in_one_line(ray_local, tiny_dataset, tmp_path,
+                                                                        capsys):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dataset, broken)
-    victim = sorted((broken / "images").glob("train_*.png"))[0]
-    victim.write_bytes(b"not a png")
-    cfg = _config(broken, tmp_path / "run", "train.epochs=1", "train.num_workers=0")
-    with pytest.raises(DataError, match=rf"image .*{victim.name} could not be decoded"):
-        train_erm(cfg)
-    assert not (tmp_path / "run" / "erm").exists()
+    train_images = sorted((broken / "images").glob("train_*.png"))
+    train_images[0].write_bytes(b"not a png")
+    train_images[1].write_bytes(b"")
+    truncated = sorted((broken / "images").glob("val_*.png"))[0]
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    with pytest.raises(DataError, match=r"^3 image\(s\) cannot be read, e\.g\. .*train\.bad_images=skip"):
+        train_erm(_config(broken, tmp_path / "refused", "train.epochs=1", "train.num_workers=0",
+                          "train.bad_images=refuse"))
+    assert not (tmp_path / "refused" / "erm").exists()
+
+    result = train_erm(_config(broken, tmp_path / "run", "train.epochs=1", "train.num_workers=0"))
+    assert "training without 3 unreadable image(s) (train 2, val 1)" in capsys.readouterr().out
+    skipped = pd.read_csv(result.checkpoint_dir / "skipped_images.csv")
+    assert sorted(skipped["split"]) == ["train", "train", "val"]
+    assert {Path(p).name for p in skipped["path"]} == {train_images[0].name, train_images[1].name,
+                                                      truncated.name}
+    assert skipped["reason"].str.contains("could not be decoded").all()
+    assert sum(result.metrics["val"]["group_count"].values()) == 11  # 12 val images, one left out
 
 
 def test_worker_errors_come_back_as_one_line():

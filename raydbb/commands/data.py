@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="metashift: share of each test folder moved to val (default 0.15)")
     inspect.add_argument("--split-seed", type=int, metavar="N",
                          help="seed of the metashift val draw / celeba balanced subsample (default 0)")
+    inspect.add_argument("--check-images", action="store_true",
+                         help="decode every image and list the ones that cannot be read "
+                              "(exit status 1 when there are any)")
     inspect.set_defaults(func=run_inspect)
 
     synth = sub.add_parser(
@@ -131,6 +134,12 @@ def format_inspect(summary: dict[str, Any]) -> str:
         empty = [g for g, n in counts.items() if not n]
         if empty:  # listed compactly: an empty group is worth seeing, a row of zeros is noise
             lines.append(f"{'':<6} no samples: {', '.join(empty)}")
+    if "unreadable_images" in summary:
+        bad = summary["unreadable_images"]
+        lines += ["", f"images that cannot be read: {len(bad)}"]
+        lines += [f"  {reason}" for reason in list(bad.values())[:20]]
+        if len(bad) > 20:
+            lines.append(f"  ... and {len(bad) - 20} more (--format json lists them all)")
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -151,8 +160,13 @@ def run_inspect(args: argparse.Namespace) -> int:
     data = {"name": args.dataset, "root": args.root}
     data.update(_given(args, ["csv_file", "balanced_train", "val_fraction", "split_seed"]))
     records = _load(data)
-    _print(records, str(Path(args.root).expanduser().absolute()), args.format)
-    return 0
+    summary = inspect_summary(records, str(Path(args.root).expanduser().absolute()))
+    if args.check_images:
+        from raydbb.data.scan import unreadable_images
+
+        summary["unreadable_images"] = unreadable_images(records.frame["path"].astype(str))
+    print(json.dumps(summary, indent=2) if args.format == "json" else format_inspect(summary))
+    return 1 if summary.get("unreadable_images") else 0
 
 
 def run_synth(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ Accepted layout::
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,20 @@ def _read_sidecar(path: Path) -> dict[str, list[str]]:
     return out
 
 
+RARE_NAME_ROWS = 3
+"""A name found in this many rows or fewer, beside a name found in 100 times as many, is warned about."""
+
+
+def _warn_rare_names(present: pd.Series, column: str, source: str) -> None:
+    """One stderr line per name so rare that it is more likely a typo than a class of its own."""
+    counts = present.value_counts()
+    for name, n in counts.items():
+        if n <= RARE_NAME_ROWS and counts.max() >= 100 * n:
+            print(f"warning: {source}: {column} {name!r} appears in only {n} row(s) (the most common in "
+                  f"{counts.max()}) and is kept as a name of its own; if it is a typo, fix it, or list the "
+                  f"names in {SIDECAR} so that unknown values are refused", file=sys.stderr)
+
+
 def encode_column(
     values: pd.Series, names: list[str] | None, column: str, prefix: str, source: str, allow_empty: bool
 ) -> tuple[np.ndarray, list[str]]:
@@ -99,6 +114,7 @@ def encode_column(
             )
         else:
             names = sorted(present.unique())
+            _warn_rare_names(present, column, source)
     lookup = {n: i for i, n in enumerate(names)}
     lookup.update({str(i): i for i in range(len(names)) if str(i) not in lookup})
     codes = np.full(len(text), UNKNOWN, dtype=np.int64)

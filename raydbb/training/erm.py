@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from raydbb.config import RayConfig, RaydbbConfig, TrainConfig
+from raydbb.data.scan import SKIPPED_FILE, drop_unreadable, write_skipped
 from raydbb.errors import ConfigError, DataError, RaydbbError
 from raydbb.models.checkpoint import META_FILE, mark_finished
 from raydbb.rundir import RunDir
@@ -119,6 +120,14 @@ def fit_classifier(
         raise DataError("no validation rows: model selection needs a val split")
     if spec.classifier is not None and spec.classifier.pretrained:
         find_imagenet_weights(spec.classifier)  # fail here, in one line, not inside a worker
+    frames, skipped = drop_unreadable({"train": train_frame, "val": val_frame, **(final_frames or {})},
+                                      spec.train.bad_images)
+    if not skipped.empty:
+        counts = ", ".join(f"{s} {n}" for s, n in skipped["split"].value_counts(sort=False).items())
+        print(f"[{spec.name}] training without {len(skipped)} unreadable image(s) ({counts}); "
+              f"listed in {Path(out_dir) / SKIPPED_FILE}", flush=True)
+    train_frame, val_frame = frames.pop("train"), frames.pop("val")
+    final_frames = frames
     out_dir = Path(out_dir).resolve()
     storage = Path(storage_dir).resolve() if storage_dir else out_dir.parent / ".ray_train"
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -146,6 +155,7 @@ def fit_classifier(
         _raise_worker_error(err)
     if result.return_value is None or not (out_dir / META_FILE).is_file():
         raise RaydbbError(f"training run {run_name} finished without a checkpoint in {out_dir}")
+    write_skipped(skipped, out_dir)
     mark_finished(out_dir)
     shutil.rmtree(storage / run_name, ignore_errors=True)
     with contextlib.suppress(OSError):  # other runs may still use it
