@@ -236,3 +236,53 @@ def test_evaluate_never_replaces_the_training_record(ray_local, tiny_dataset, tm
                  "--out", str(erm / "metrics.json")]) == 2
     assert "training record" in capsys.readouterr().err
     assert (erm / "metrics.json").read_text() == record
+
+
+_BATCHES_BEFORE_CRASH = {"left": None}
+
+
+def _loss_that_can_crash(logits, labels, index):
+    """Cross-entropy that raises once a set number of batches have run (a crash mid-epoch)."""
+    left = _BATCHES_BEFORE_CRASH["left"]
+    if left is not None:
+        if left == 0:
+            raise RuntimeError("simulated crash")
+        _BATCHES_BEFORE_CRASH["left"] = left - 1
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+
+def test_a_crashed_training_resumes_from_its_last_epoch_with_the_same_result(tiny_dataset, tmp_path, capsys,
+                                                                             monkeypatch):
+    records = load_records(_config(tiny_dataset, tmp_path).data)
+    cfg = _config(tiny_dataset, tmp_path, "train.num_workers=0", "train.epochs=4", "train.augment=true").train
+    spec = FitSpec(train=cfg, class_names=records.class_names, group_names=records.group_names(),
+                   train_group_fraction=None, classifier=_config(tiny_dataset, tmp_path).classifier,
+                   loss_fn=_loss_that_can_crash)
+
+    def fit(out):
+        return fit_classifier(spec, records.split("train"), records.split("val"), out,
+                              final_frames={"test": records.split("test")})
+
+    reference = fit(tmp_path / "reference" / "erm")
+    monkeypatch.setitem(_BATCHES_BEFORE_CRASH, "left", 15)  # 6 batches an epoch: dies in epoch 3
+    with pytest.raises(Exception, match="simulated crash"):
+        fit(tmp_path / "run" / "erm")
+    states = tmp_path / "run" / ".erm.resume"
+    assert sorted(p.name for p in states.glob("*.pt")) == ["epoch-2-rank0.pt", "epoch-2.pt"]
+    capsys.readouterr()
+
+    monkeypatch.setitem(_BATCHES_BEFORE_CRASH, "left", None)
+    resumed = fit(tmp_path / "run" / "erm")
+    assert "resuming after epoch 2 of 4" in capsys.readouterr().out
+    strip = [{k: v for k, v in row.items() if k != "seconds"}
+             for run in (reference, resumed) for row in run.history]
+    assert strip[:4] == strip[4:]
+    assert resumed.metrics == reference.metrics and resumed.best_epoch == reference.best_epoch
+    weights = [load_classifier(r.checkpoint_dir)[0].state_dict() for r in (reference, resumed)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not states.exists() and not (tmp_path / "run" / ".ray_train").exists()
+    # Other settings never continue a saved state: the fingerprint differs.
+    from raydbb.training import resume
+    other = resume.fingerprint(FitSpec(**{**spec.__dict__, "train": cfg.model_copy(update={"lr": 0.5})}), 1,
+                               [records.split("train"), records.split("val")])
+    assert other != resume.fingerprint(spec, 1, [records.split("train"), records.split("val")])

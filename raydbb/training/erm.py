@@ -30,6 +30,7 @@ from raydbb.data.scan import SKIPPED_FILE, drop_unreadable, write_skipped
 from raydbb.errors import ConfigError, DataError, RaydbbError
 from raydbb.models.checkpoint import META_FILE, mark_finished
 from raydbb.rundir import RunDir
+from raydbb.training import resume
 from raydbb.training.worker import FitResult, FitSpec, train_loop_per_worker
 
 
@@ -157,11 +158,33 @@ def fit_classifier(
         raise RaydbbError(f"training run {run_name} finished without a checkpoint in {out_dir}")
     write_skipped(skipped, out_dir)
     mark_finished(out_dir)
-    shutil.rmtree(storage / run_name, ignore_errors=True)
+    resume.discard(resume.resume_dir(out_dir))
+    for leftover in [storage / run_name, *_killed_runs(storage, spec.name)]:
+        shutil.rmtree(leftover, ignore_errors=True)
     with contextlib.suppress(OSError):  # other runs may still use it
         storage.rmdir()
     value = result.return_value
     return FitResult(out_dir, value["best_epoch"], value["metrics"], value["history"])
+
+
+def _killed_runs(storage: Path, name: str) -> list[Path]:
+    """Ray Train folders of earlier ``name`` runs whose process is gone (killed before cleaning up)."""
+    dead = []
+    for folder in storage.glob(f"{name}-*-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            dead.append(folder)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def erm_spec(cfg: RaydbbConfig, records) -> FitSpec:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from raydbb.config import ClassifierConfig, TrainConfig
 from raydbb.errors import RaydbbError
 from raydbb.models.checkpoint import IN_PROGRESS, save_classifier, unwrap
+from raydbb.training import resume
 
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(logits (B,C), labels (B,), index (B,)) -> scalar``; index = rows of the train frame."""
@@ -199,6 +200,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     model = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     seed_everything(cfg.seed + 1000 * rank)  # distinct augmentation streams per rank
+    loader_generator = torch.Generator().manual_seed(cfg.seed + rank)
 
     dataset = ImageRecords(train_frame, TrainTransform(image_size, cfg.augment))
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
@@ -207,12 +209,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         # A trailing batch of one sample breaks BatchNorm; every rank has the same shard length.
         drop_last=len(sampler) > cfg.batch_size, pin_memory=device.type == "cuda",
         persistent_workers=cfg.loader_workers > 0,
-        generator=torch.Generator().manual_seed(cfg.seed + rank),
+        generator=loader_generator,
     )
 
     best_key, best_state, best_val, best_epoch = None, None, None, 0
     history = []
-    for epoch in range(1, cfg.epochs + 1):
+    states = resume.resume_dir(out_dir)
+    fingerprint = resume.fingerprint(spec, world, [train_frame, val_frame])
+    done = resume.latest_epoch(states, fingerprint) if states.is_dir() else 0
+    if done:
+        saved = resume.load_states(states, done, rank, loader_generator)
+        unwrap(model).load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        best_key, best_val, best_epoch = tuple(saved["best_key"]), saved["best_val"], saved["best_epoch"]
+        best_state, history = saved["best_state"], saved["history"]
+        if rank == 0:
+            _progress(f"[{spec.name}] resuming after epoch {done} of {cfg.epochs} ({states})")
+    for epoch in range(done + 1, cfg.epochs + 1):
         start = time.time()
         sampler.set_epoch(epoch)
         model.train()
@@ -250,7 +263,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             _progress(_epoch_line(epoch, cfg.epochs, train_loss, val, selected, row["seconds"]))
         if selected and rank == 0:
             publish_checkpoint(model, out_dir, _checkpoint_meta(spec, epoch, val))
+        resume.save_rank_state(states, epoch, rank, fingerprint, loader_generator)
         ray.train.report(row)  # a barrier too: every rank reports once per epoch
+        if rank == 0:  # after the barrier: every rank's state of this epoch is on disk
+            resume.save_model_state(states, epoch, fingerprint, {
+                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "best_key": list(best_key), "best_val": best_val, "best_epoch": best_epoch,
+                "best_state": best_state, "history": history})
 
     unwrap(model).load_state_dict(best_state)
     metrics = {"val": best_val}
