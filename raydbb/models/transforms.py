@@ -52,7 +52,9 @@ def to_model_input(images: np.ndarray | Sequence[np.ndarray], image_size: int) -
         return _resize(batch, image_size).clamp_(0.0, 1.0)
     out = torch.empty((len(images), 3, image_size, image_size), dtype=torch.float32)
     for i, image in enumerate(images):
-        chw = torch.from_numpy(np.ascontiguousarray(_check_image(image))).permute(2, 0, 1)
+        # A copy where the array is read-only (Arrow-backed batches): torch warns about those.
+        array = np.ascontiguousarray(_check_image(image))
+        chw = torch.from_numpy(array if array.flags.writeable else array.copy()).permute(2, 0, 1)
         out[i] = _resize(chw.float().div_(255.0)[None], image_size)[0]
     return out.clamp_(0.0, 1.0)
 

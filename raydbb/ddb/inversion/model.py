@@ -79,10 +79,12 @@ def load_inpaint_model(
     """
     from diffusers import DDPMScheduler, StableDiffusionInpaintPipeline
 
+    from raydbb.models.quiet_loading import quiet_pipeline_kwargs
+
     try:
         pipe = StableDiffusionInpaintPipeline.from_pretrained(
             model, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            use_safetensors=True)
+            use_safetensors=True, **quiet_pipeline_kwargs())
     except (OSError, ValueError) as err:
         raise ConfigError(f"inpaint.model={model!r}: cannot load it as a diffusers inpainting pipeline "
                           f"({type(err).__name__}: {str(err).splitlines()[0]})") from err

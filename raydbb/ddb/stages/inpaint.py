@@ -105,11 +105,14 @@ class InpaintStage(Stage):
             return
         from diffusers import StableDiffusionInpaintPipeline
 
+        from raydbb.models.quiet_loading import quiet_pipeline_kwargs
+
         model = self.cfg.model
         try:
             pipe = StableDiffusionInpaintPipeline.from_pretrained(
                 model, dtype=_DTYPES[self.cfg.dtype], safety_checker=None, feature_extractor=None,
-                requires_safety_checker=False, use_safetensors=True, local_files_only=Path(model).is_dir())
+                requires_safety_checker=False, use_safetensors=True, local_files_only=Path(model).is_dir(),
+                **quiet_pipeline_kwargs())
         except (OSError, ValueError) as err:
             raise ConfigError(f"inpaint.model={model!r}: cannot load it as a diffusers inpainting pipeline "
                               f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
