@@ -270,3 +270,18 @@ def test_auto_block_rows() -> None:
     eights = [SimpleNamespace(batch_size=8), SimpleNamespace(batch_size=16)]
     assert auto_block_rows(200, eights) == 16  # 13 rounded up to whole batches of 8
     assert auto_block_rows(48, eights) == 8 and auto_block_rows(20000, eights) == 64
+
+
+def test_tenths_log_prints_once_per_tenth_reached(capsys) -> None:
+    from raydbb.progress import TenthsLog
+
+    log = TenthsLog("generate:", 25, "samples")
+    for done in range(1, 26):
+        log(done)
+    lines = capsys.readouterr().out.splitlines()
+    # 10 * done // 25 steps up at 3, 5, 8, 10, 13, 15, 18, 20, 23, 25
+    assert lines == [f"generate: {d}/25 samples" for d in (3, 5, 8, 10, 13, 15, 18, 20, 23, 25)]
+    jump = TenthsLog("x", 25)
+    jump(24, " (big batch)")
+    jump(25)
+    assert capsys.readouterr().out.splitlines() == ["x 24/25 (big batch)", "x 25/25"]

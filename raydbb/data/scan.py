@@ -36,8 +36,9 @@ def unreadable_images(paths: Iterable[str], progress: bool = True,
     unique = sorted({str(p) for p in paths})
     threads = threads or min(16, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=threads) as pool:
+        # disable=None: no bar when stderr is not a terminal (a job log would keep every redraw).
         reasons = list(tqdm(pool.map(_problem, unique), total=len(unique), desc="check images",
-                            disable=not progress or len(unique) < 2000, leave=False))
+                            disable=True if not progress or len(unique) < 2000 else None, leave=False))
     return {p: r for p, r in zip(unique, reasons, strict=True) if r is not None}
 
 

@@ -25,6 +25,7 @@ from raydbb.engine.manifest import ManifestWriter
 from raydbb.engine.stage import Batch, Stage
 from raydbb.engine.stats import RunStats
 from raydbb.errors import ConfigError, RaydbbError
+from raydbb.progress import TenthsLog
 
 ENGINES = ("ray", "loop")
 LAYOUTS = ("pools", "fused")
@@ -92,10 +93,13 @@ def stream_to_manifest(rows: pd.DataFrame, stages: list[Stage], out: str | Path,
     """
     stats = RunStats(stage_names(stages))
     writer = ManifestWriter(out, rows_per_part, flush_seconds)
+    log = TenthsLog("generate:", total, "samples")
     with writer, tqdm(total=total, desc="generate", unit="sample", disable=not progress) as bar:
         if len(rows):
             for batch in execute(stages, rows, engine, block_rows):
                 writer.add(batch)
                 bar.update(stats.add(batch))
+                if not progress:
+                    log(bar.n)
     stats.finish(writer.parts)
     return stats
