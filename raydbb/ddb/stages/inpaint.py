@@ -105,7 +105,7 @@ class InpaintStage(Stage):
             return
         from diffusers import StableDiffusionInpaintPipeline
 
-        from raydbb.models.quiet_loading import quiet_pipeline_kwargs
+        from raydbb.models.quiet_loading import quiet_pipeline_kwargs, transformers_errors_only
 
         model = self.cfg.model
         try:
@@ -118,8 +118,9 @@ class InpaintStage(Stage):
                               f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
         if self.cfg.scheduler is not None:
             pipe.scheduler = scheduler_class(self.cfg.scheduler).from_config(pipe.scheduler.config)
-        for label, path in self._token_files.items():
-            pipe.load_textual_inversion(str(path), token=self.tokens[label])
+        with transformers_errors_only():
+            for label, path in self._token_files.items():
+                pipe.load_textual_inversion(str(path), token=self.tokens[label])
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
 
