@@ -285,3 +285,11 @@ def test_tenths_log_prints_once_per_tenth_reached(capsys) -> None:
     jump(24, " (big batch)")
     jump(25)
     assert capsys.readouterr().out.splitlines() == ["x 24/25 (big batch)", "x 25/25"]
+
+
+def test_generate_without_progress_bars_logs_its_progress(sources, tmp_path, capsys) -> None:
+    summary = _run(sources, tmp_path / "out", "loop")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("generate: ")]
+    total = len(_expected_ids(sources))
+    assert summary["written"] == total  # the truncated image's rows are recorded skips
+    assert lines and lines[-1] == f"generate: {total}/{total} samples"

@@ -96,10 +96,13 @@ def stream_to_manifest(rows: pd.DataFrame, stages: list[Stage], out: str | Path,
     log = TenthsLog("generate:", total, "samples")
     with writer, tqdm(total=total, desc="generate", unit="sample", disable=not progress) as bar:
         if len(rows):
+            done = 0
             for batch in execute(stages, rows, engine, block_rows):
                 writer.add(batch)
-                bar.update(stats.add(batch))
+                added = stats.add(batch)
+                bar.update(added)
+                done += added
                 if not progress:
-                    log(bar.n)
+                    log(done)
     stats.finish(writer.parts)
     return stats
