@@ -85,6 +85,19 @@ def test_round_trip_pandas_and_pyarrow(tmp_path) -> None:
     assert finished_sample_ids(tmp_path) == set(ids)
 
 
+def test_rows_read_back_in_sample_id_order_whatever_order_they_were_written(tmp_path) -> None:
+    # Actors finish in any order; retraining must see the same rows in the same order every run.
+    ids = [f"s{i}__to-b__v0" for i in (5, 1, 4, 0, 3, 2)]
+    for name, order in (("a", ids), ("b", ids[::-1])):
+        with ManifestWriter(tmp_path / name, rows_per_part=2) as writer:
+            for k in range(0, 6, 2):
+                writer.add(_batch(order[k:k + 2]))
+    a, b = read_manifest(tmp_path / "a", resolve_paths=False), read_manifest(tmp_path / "b", resolve_paths=False)
+    assert list(a["sample_id"]) == sorted(ids) and list(a.index) == list(range(6))
+    # (_batch numbers seed, p_source and kept by position in the batch: only the rows' ids match)
+    pd.testing.assert_frame_equal(a[["sample_id", "image_path"]], b[["sample_id", "image_path"]])
+
+
 def test_duckdb_reads_the_manifest(tmp_path) -> None:
     duckdb = pytest.importorskip("duckdb")
     with ManifestWriter(tmp_path) as writer:

@@ -216,6 +216,8 @@ def read_part(part: str | Path, filesystem: pafs.FileSystem | None = None,
 def read_manifest(out: str | Path, resolve_paths: bool = True) -> pd.DataFrame:
     """All manifest rows of a run folder as a pandas frame (empty frame with the schema if none).
 
+    Rows come in ``sample_id`` order: how they are spread over parts depends on which actor finished
+    first, and retraining on the same repaints in another order would not reproduce.
     ``out`` is a local folder or a URI of a run folder synced to object storage. With
     ``resolve_paths`` (default) ``image_path``/``mask_path`` become absolute paths (or URIs)
     under ``out``; empty paths stay empty. Needs only pyarrow and pandas.
@@ -225,7 +227,7 @@ def read_manifest(out: str | Path, resolve_paths: bool = True) -> pd.DataFrame:
         table = pa.concat_tables([read_part(p, fs) for p in parts])
     else:
         table = SCHEMA.empty_table()
-    frame = table.to_pandas()
+    frame = table.to_pandas().sort_values("sample_id", kind="stable", ignore_index=True)
     if resolve_paths:
         root = str(out) if storage.is_uri(str(out)) else Path(out).resolve()
         for col in ("image_path", "mask_path"):
