@@ -92,7 +92,7 @@ def test_rows_read_back_in_sample_id_order_whatever_order_they_were_written(tmp_
         with ManifestWriter(tmp_path / name, rows_per_part=2) as writer:
             for k in range(0, 6, 2):
                 writer.add(_batch(order[k:k + 2]))
-    a, b = read_manifest(tmp_path / "a", resolve_paths=False), read_manifest(tmp_path / "b", resolve_paths=False)
+    a, b = (read_manifest(tmp_path / name, resolve_paths=False) for name in ("a", "b"))
     assert list(a["sample_id"]) == sorted(ids) and list(a.index) == list(range(6))
     # (_batch numbers seed, p_source and kept by position in the batch: only the rows' ids match)
     pd.testing.assert_frame_equal(a[["sample_id", "image_path"]], b[["sample_id", "image_path"]])
