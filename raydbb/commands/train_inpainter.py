@@ -17,7 +17,7 @@ on land, water, sky, sand, plain and clutter backgrounds, class independent of b
 disjoint from the benchmark) -- the stand-in for SD-2's pretraining, which never saw the benchmark.
 This is how the inpainter shipped in raydbb/assets was made:
 
-  raydbb train-inpainter --corpus pretrain --n 8000 --steps 3000 \
+  raydbb train-inpainter --corpus pretrain --n 8000 --steps 6000 \
       --out raydbb/assets/synthetic_inpainter --threads 1 --overwrite
 
 --corpus dataset --data DIR: the TRAIN split of a dataset with object masks instead (rows sampled
@@ -25,9 +25,11 @@ group-balanced with --balance). On a spuriously correlated split the model learn
 (asked for a waterbird it paints water into the mask).
 
 Phase 1 trains the VAE (64 px -> 16x16x4 latents), phase 2 the UNet and text encoder with the
-standard SD inpainting objective on prompts "a photo of a <class name>" (dropped to "" 10 % of the
-time for classifier-free guidance) and masks centred on the object: its own mask (dilated), its
-union with another-class bird's mask, its bounding box, or random shapes.
+standard SD inpainting objective, the hole's latents weighted 5x (what DDB asks it to paint), on
+prompts "a photo of a <class name>" (dropped to "" 10 % of the time for classifier-free guidance;
+the pooled prompt also enters the timestep embedding) and masks centred on the object: its own
+mask (dilated up to 8 px), its union with another-class bird's mask, its bounding box, or random
+shapes. Without --no-progress bars show the loss; with it, a log line at each tenth of a phase.
 
 Deterministic from --seed for a given torch version and --threads. One torch thread is the
 default: on a CPU shared with other work, extra threads spin and can be many times slower; on an

@@ -109,6 +109,9 @@ def _unet(s: SmallSDSizes) -> UNet2DConditionModel:
         norm_num_groups=s.norm_num_groups,
         cross_attention_dim=s.text_hidden,
         use_linear_projection=True,
+        addition_embed_type="text" if s.text_time_embedding else None,
+        # diffusers' default of 64 heads does not divide a small text width; one head pools it.
+        addition_embed_type_num_heads=1,
     )
 
 

@@ -27,6 +27,9 @@ class SmallSDSizes:
     text_layers: int = 2
     text_heads: int = 2
     text_intermediate: int = 64
+    # Pool the prompt's hidden states into the timestep embedding (diffusers' "text" addition
+    # embedding), so the prompt reaches every ResNet block, not only the cross-attention layers.
+    text_time_embedding: bool = False
     num_train_timesteps: int = 1000
 
     @property

@@ -26,6 +26,7 @@ DEFAULT_SIZES: dict[str, Any] = {
     "text_layers": 2,
     "text_heads": 2,
     "text_intermediate": 128,
+    "text_time_embedding": True,
 }
 
 
@@ -41,13 +42,16 @@ class InpainterSpec:
     kl_weight: float = 1e-6
     vae_object_weight: float = 10.0
     vae_logvar_init: float = -6.0
-    unet_steps: int = 2500
+    unet_steps: int = 6000
     batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 100
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     prompt_dropout: float = 0.1
+    # Extra weight of the hole's latents in the noise-prediction loss: the hole is a few % of the
+    # image and all that DDB asks the model to paint; the rest is copied from the masked image.
+    hole_loss_weight: float = 4.0
     token_word_prob: float = 0.5
     balance: Literal["group", "class", "none"] = "group"
     # Training data: the unbiased pretraining corpus (``corpus_n`` samples from ``corpus_seed``,
@@ -62,12 +66,14 @@ class InpainterSpec:
     object_mask_prob: float = 0.35
     pair_mask_prob: float = 0.3
     box_mask_prob: float = 0.1
-    max_dilate: int = 4
+    max_dilate: int = 8  # DDB dilates its masks by 6 px at 64 px (demo.yaml)
     sizes: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SIZES))
 
     def __post_init__(self) -> None:
         if int(self.seed) < 0:
             raise ConfigError(f"seed={self.seed}: expected an integer >= 0")
+        if not float(self.hole_loss_weight) >= 0:
+            raise ConfigError(f"hole_loss_weight={self.hole_loss_weight}: expected a number >= 0")
         for name in ("lr", "vae_lr"):
             if not float(getattr(self, name)) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected a learning rate > 0")

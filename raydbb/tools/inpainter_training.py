@@ -70,6 +70,7 @@ from raydbb.ddb.stages.mask import dilate_mask
 from raydbb.errors import ConfigError, DataError
 from raydbb.models.small_sd import build_clip_tokenizer, make_small_inpaint_pipeline
 from raydbb.models.transforms import mask_to_model, to_model_input
+from raydbb.progress import TenthsLog
 from raydbb.tools.inpainter_spec import InpainterSpec
 
 TRAINING_RECORD = "raydbb_inpainter.json"
@@ -276,6 +277,14 @@ def _to_signed(images_u8: torch.Tensor) -> torch.Tensor:
     return images_u8.float().div(127.5).sub(1.0)
 
 
+def _show_loss(bar: tqdm, log: TenthsLog, step: int, recent: list[float], progress: bool) -> None:
+    """The running loss on the progress bar, or, without one, in a log line at each tenth."""
+    if progress and step % 20 == 0:
+        bar.set_postfix(loss=f"{np.mean(recent):.4f}")
+    elif not progress:
+        log(step + 1, f" loss {np.mean(recent):.4f}")
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 10 %."""
     if step < warmup:
@@ -336,6 +345,7 @@ def train_vae(vae: torch.nn.Module, data: TrainingSet, spec: InpainterSpec, rng:
     losses = []
     vae.train()
     bar = tqdm(range(spec.vae_steps), desc="VAE", disable=not progress)
+    log = TenthsLog("VAE step", spec.vae_steps)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = spec.vae_lr * _lr_factor(step, spec.vae_steps, spec.warmup_steps)
@@ -366,8 +376,7 @@ def train_vae(vae: torch.nn.Module, data: TrainingSet, spec: InpainterSpec, rng:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), spec.grad_clip)
         opt.step()
         losses.append(float(loss.detach()))
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        _show_loss(bar, log, step, losses[-50:], progress)
     vae.eval()
     return losses
 
@@ -417,6 +426,7 @@ def train_denoiser(pipe: StableDiffusionInpaintPipeline, data: TrainingSet, spec
     unet.train()
     text_encoder.train()
     bar = tqdm(range(spec.unet_steps), desc="UNet", disable=not progress)
+    log = TenthsLog("UNet step", spec.unet_steps)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = spec.lr * _lr_factor(step, spec.unet_steps, spec.warmup_steps)
@@ -445,15 +455,15 @@ def train_denoiser(pipe: StableDiffusionInpaintPipeline, data: TrainingSet, spec
         noisy = noise_schedule.add_noise(latents, noise, t)
         hidden = text_encoder(ids)[0]
         pred = unet(torch.cat([noisy, mask_latent, masked_latents], dim=1), t, hidden).sample
-        loss = F.mse_loss(pred, noise)
+        weight = 1.0 + spec.hole_loss_weight * mask_latent
+        loss = (weight * (pred - noise) ** 2).mean() / weight.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
         opt.step()
         ema.update()
         losses.append(float(loss.detach()))
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+        _show_loss(bar, log, step, losses[-100:], progress)
     ema.copy_to_params()
     unet.eval()
     text_encoder.eval()
