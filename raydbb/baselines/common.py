@@ -119,6 +119,14 @@ def grid_search(points: list[dict[str, Any]], run_one,
     return best, trials, payloads
 
 
+def selected_fit(best: int, trials: list[dict[str, Any]], results: list[FitResult]) -> MethodResult:
+    """The :class:`MethodResult` of grid point ``best`` when every point trained one model: its
+    metrics and checkpoint, its hyper-parameters and the epoch validation chose."""
+    chosen = results[best]
+    return MethodResult(chosen.metrics, {**trials[best]["hparams"], "best_epoch": chosen.best_epoch},
+                        trials, chosen.checkpoint_dir)
+
+
 def train_erm_into(ctx: MethodContext, out_dir: Path, train_frame: pd.DataFrame | None = None,
                    name: str = "erm") -> FitResult:
     """Plain ERM (on the train split, or on ``train_frame``) into ``out_dir``."""

@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raydbb.baselines.common import MethodContext, MethodResult, fit, grid_points, grid_search, method_spec
+from raydbb.baselines.common import (
+    MethodContext,
+    MethodResult,
+    fit,
+    grid_points,
+    grid_search,
+    method_spec,
+    selected_fit,
+)
 
 
 def error_set(pred: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -66,6 +74,4 @@ def run(ctx: MethodContext, grid: dict[str, list[Any]]) -> MethodResult:
     best, trials, results = grid_search(grid_points(grid), one)
     for row in trials:
         row["error_set_size"] = int(errors[int(row["hparams"]["T"])].sum())
-    chosen = results[best]
-    return MethodResult(chosen.metrics, {**trials[best]["hparams"], "best_epoch": chosen.best_epoch},
-                        trials, chosen.checkpoint_dir)
+    return selected_fit(best, trials, results)

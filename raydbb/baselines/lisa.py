@@ -19,7 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raydbb.baselines.common import MethodContext, MethodResult, fit, grid_points, grid_search, method_spec
+from raydbb.baselines.common import (
+    MethodContext,
+    MethodResult,
+    fit,
+    grid_points,
+    grid_search,
+    method_spec,
+    selected_fit,
+)
 
 
 def pairs(labels: torch.Tensor, spurious: torch.Tensor, intra_label: torch.Tensor,
@@ -75,6 +83,4 @@ def run(ctx: MethodContext, grid: dict[str, list[Any]]) -> MethodResult:
         return result.metrics["val"], result
 
     best, trials, results = grid_search(grid_points(grid), one)
-    chosen = results[best]
-    return MethodResult(chosen.metrics, {**trials[best]["hparams"], "best_epoch": chosen.best_epoch},
-                        trials, chosen.checkpoint_dir)
+    return selected_fit(best, trials, results)
