@@ -16,11 +16,14 @@ metadata, ``~/.aws``); nothing here reads or stores them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import re
+import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -217,3 +220,26 @@ def creation_mode(directory: bool = False) -> int:
     mode before being moved into place, so outputs are as shared as the user's umask says.
     """
     return (0o777 if directory else 0o666) & ~_umask()
+
+
+@contextlib.contextmanager
+def build_folder(dest: str | Path) -> Iterator[Path]:
+    """A hidden sibling of the local folder ``dest`` to write into; when the block ends normally it
+    becomes ``dest`` by a rename (an existing ``dest`` is moved aside first and deleted last), and
+    when it raises it is removed. Readers of ``dest`` never see a half-written folder."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

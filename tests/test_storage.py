@@ -144,3 +144,21 @@ def test_atomic_outputs_follow_the_umask(tmp_path, umask):
         os.umask(old)
     for path in (png, part):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_build_folder_replaces_the_destination_only_when_the_block_succeeds(tmp_path) -> None:
+    from raydbb.storage import build_folder
+
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="half way"), build_folder(dest) as tmp:
+        (tmp / "new.txt").write_text("new")
+        raise RuntimeError("half way")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # old folder intact, nothing left over
+    assert (dest / "old.txt").read_text() == "old"
+    with build_folder(dest) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".out.")
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert [p.name for p in dest.iterdir()] == ["new.txt"]

@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import tarfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from raydbb.config import RaydbbConfig, load_config
 from raydbb.errors import ConfigError, DataError
 from raydbb.ids import sanitize_id
 from raydbb.rundir import CONFIG_FILE, RunDir
+from raydbb.storage import build_folder
 
 FORMATS = ("imagefolder", "webdataset", "csv")
 ORIGINAL, REPAINT = "original", "repaint"
@@ -238,11 +238,8 @@ def export_run(run: str | Path, fmt: str, cfg: RaydbbConfig, dest: str | Path | 
     dest = Path(dest) if dest is not None else default_dest(run, fmt)
     _check_dest(dest, overwrite)
     frame, facts = export_rows(cfg, run)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     placer = _Placer(link)
-    try:
+    with build_folder(dest) as tmp:
         if fmt == "imagefolder":
             _write_imagefolder(frame, tmp, placer)
         elif fmt == "csv":
@@ -257,10 +254,6 @@ def export_run(run: str | Path, fmt: str, cfg: RaydbbConfig, dest: str | Path | 
         if fmt == "webdataset":
             summary["shards"] = sorted(p.name for p in tmp.glob("shard-*.tar"))
         (tmp / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 
@@ -270,17 +263,6 @@ def _how(fmt: str, placer: _Placer) -> str:
     if placer.linked and placer.copied:
         return f"{placer.linked} hard-linked, {placer.copied} copied (another filesystem)"
     return "hard-linked" if placer.linked else "copied"
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    """Rename the finished export to ``dest``; an existing ``dest`` is moved aside, then deleted."""
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -47,9 +47,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import platform
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +69,7 @@ from raydbb.errors import ConfigError, DataError
 from raydbb.models.small_sd import build_clip_tokenizer, make_small_inpaint_pipeline
 from raydbb.models.transforms import mask_to_model, to_model_input
 from raydbb.progress import TenthsLog
+from raydbb.storage import build_folder
 from raydbb.tools.inpainter_spec import InpainterSpec
 
 TRAINING_RECORD = "raydbb_inpainter.json"
@@ -498,10 +497,7 @@ def train_inpainter(records: RecordSet | None, out_dir: str | Path, spec: Inpain
         data = load_training_set(records, sizes.image_size, spec.balance, progress=progress)
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(8,)))
     gen = torch.Generator().manual_seed(spec.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)  # our own leftover from an earlier crash in this process id
-    try:
+    with build_folder(out) as tmp:
         tokenizer = build_clip_tokenizer(tmp / "tokenizer")
         pipe = make_small_inpaint_pipeline(tokenizer, seed=spec.seed, **spec.sizes)
         t0 = time.perf_counter()
@@ -527,20 +523,7 @@ def train_inpainter(records: RecordSet | None, out_dir: str | Path, spec: Inpain
                          "transformers": _version("transformers"), "python": platform.python_version()},
         }
         (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Move the finished folder ``new`` to ``out``; an old ``out`` is deleted only afterwards."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def loss_start_end(losses: list[float]) -> list[float]:
