@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from raydbb.config import DATASETS, add_config_args, config_from_args
+from raydbb.commands import config_command
+from raydbb.config import DATASETS, config_from_args
 from raydbb.errors import ConfigError
 from raydbb.ids import sanitize_id
-from raydbb.plan import add_dry_run_arg
 from raydbb.rundir import RunDir
 
 HELP = """\
@@ -28,10 +28,9 @@ Examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate", help="per-group / worst-group accuracy of a checkpoint on a dataset's val and test",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = config_command(
+        subparsers, "evaluate",
+        "per-group / worst-group accuracy of a checkpoint on a dataset's val and test", HELP, run)
     parser.add_argument("--checkpoint", metavar="DIR",
                         help="checkpoint folder (default: OUT/erm of the config)")
     parser.add_argument("--dataset", choices=DATASETS, help="dataset format (overrides data.name)")
@@ -40,9 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="FILE",
                         help="metrics file (default: CHECKPOINT/evaluation-<dataset>.json)")
     parser.add_argument("--device", help="torch device, e.g. cuda (default: the config's device)")
-    add_config_args(parser)
-    add_dry_run_arg(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from raydbb.config import add_config_args, config_from_args
-from raydbb.plan import add_dry_run_arg
+from raydbb.commands import config_command
+from raydbb.config import config_from_args
 
 HELP = """\
 Generate counterfactual training images (DDB steps 1, 4, 5, 6) into the run folder `out`:
@@ -30,11 +30,9 @@ Example:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "generate", help="select, mask, inpaint and prune counterfactuals into a Parquet manifest",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_args(parser)
+    parser = config_command(
+        subparsers, "generate", "select, mask, inpaint and prune counterfactuals into a Parquet manifest",
+        HELP, run)
     parser.add_argument("--engine", choices=["ray", "loop"], default="ray",
                         help="ray: Ray Data actor pools (default); loop: the same stages in one "
                              "sequential process (baseline for benchmarks and debugging)")
@@ -43,8 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(refused by default; the change is recorded in OUT/generate_changes.json)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_dry_run_arg(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from raydbb.config import add_config_args, config_from_args
-from raydbb.plan import add_dry_run_arg
+from raydbb.commands import config_command
+from raydbb.config import config_from_args
 
 HELP = """\
 Learn one placeholder token per class (e.g. <waterbird-causal>) on the class's token pool with the
@@ -33,18 +33,14 @@ Example:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "invert", help="learn one causal token per class (textual inversion) for the inpainter",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_args(parser)
+    parser = config_command(
+        subparsers, "invert", "learn one causal token per class (textual inversion) for the inpainter",
+        HELP, run)
     parser.add_argument("--engine", choices=["ray", "loop"], default="ray",
                         help="ray: one Ray task per class (default); loop: classes one after another "
                              "in this process")
     parser.add_argument("--json", action="store_true", help="print the per-class summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_dry_run_arg(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from raydbb.config import add_config_args, config_from_args
-from raydbb.plan import add_dry_run_arg
+from raydbb.commands import config_command
+from raydbb.config import config_from_args
 
 HELP = """\
 Retrain the classifier on the original training split plus the kept repaints of a raydbb
@@ -44,18 +44,14 @@ Examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "retrain", help="reweighted retraining on originals + kept repaints (Ray Train) -> OUT/ddb",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = config_command(
+        subparsers, "retrain", "reweighted retraining on originals + kept repaints (Ray Train) -> OUT/ddb",
+        HELP, run)
     parser.add_argument("--manifest", metavar="DIR",
                         help="run folder of raydbb generate, or its manifest/ (default: the config's out)")
     parser.add_argument("--fast", action="store_true",
                         help="train the head on cached backbone features instead of the images")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_args(parser)
-    add_dry_run_arg(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

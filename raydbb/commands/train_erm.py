@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from raydbb.config import add_config_args, config_from_args
-from raydbb.plan import add_dry_run_arg
+from raydbb.commands import config_command
+from raydbb.config import config_from_args
 
 HELP = """\
 Train the ERM classifier on the training split (no group labels used for training), validate
@@ -28,13 +28,9 @@ Examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train-erm", help="train the ERM classifier (Ray Train), write OUT/erm/ and metrics.json",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_args(parser)
-    add_dry_run_arg(parser)
-    parser.set_defaults(func=run)
+    config_command(
+        subparsers, "train-erm", "train the ERM classifier (Ray Train), write OUT/erm/ and metrics.json",
+        HELP, run)
 
 
 def run(args: argparse.Namespace) -> int:

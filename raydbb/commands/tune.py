@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from raydbb.config import add_config_args, config_from_args
-from raydbb.plan import add_dry_run_arg
+from raydbb.commands import config_command
+from raydbb.config import config_from_args
 
 HELP = """\
 Search the retraining choices of DDB with Ray Tune, without regenerating anything:
@@ -43,18 +43,14 @@ Examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "tune", help="Ray Tune over thresholds, repaint shares, lambda and lr -> OUT/tune/best.yaml",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = config_command(
+        subparsers, "tune", "Ray Tune over thresholds, repaint shares, lambda and lr -> OUT/tune/best.yaml",
+        HELP, run)
     parser.add_argument("--manifest", metavar="DIR",
                         help="run folder of raydbb generate, or its manifest/ (default: the config's out)")
     parser.add_argument("--full-retrain", action="store_true",
                         help="retrain the best configuration in full afterwards (raydbb retrain)")
     parser.add_argument("--no-progress", action="store_true", help="no progress output from Ray Tune")
-    add_config_args(parser)
-    add_dry_run_arg(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
