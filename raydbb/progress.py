@@ -6,10 +6,13 @@ generate run would otherwise print nothing between its start and its end.
 
 from __future__ import annotations
 
+import sys
+
 
 class TenthsLog:
-    """Prints ``"<name> <done>/<total> <unit>"`` (plus an optional note) each time ``done``
-    reaches another tenth of ``total``."""
+    """Prints ``"<name> <done>/<total> <unit>"`` (plus an optional note) to stderr, where progress
+    bars go too (stdout stays clean for ``--json``), each time ``done`` reaches another tenth of
+    ``total``."""
 
     def __init__(self, name: str, total: int, unit: str = "") -> None:
         self.name, self.total, self.unit = name, int(total), unit
@@ -21,4 +24,4 @@ class TenthsLog:
         if tenths > self._tenths:
             self._tenths = tenths
             unit = f" {self.unit}" if self.unit else ""
-            print(f"{self.name} {done}/{self.total}{unit}{note}", flush=True)
+            print(f"{self.name} {done}/{self.total}{unit}{note}", file=sys.stderr, flush=True)

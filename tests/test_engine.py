@@ -278,18 +278,18 @@ def test_tenths_log_prints_once_per_tenth_reached(capsys) -> None:
     log = TenthsLog("generate:", 25, "samples")
     for done in range(1, 26):
         log(done)
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().err.splitlines()
     # 10 * done // 25 steps up at 3, 5, 8, 10, 13, 15, 18, 20, 23, 25
     assert lines == [f"generate: {d}/25 samples" for d in (3, 5, 8, 10, 13, 15, 18, 20, 23, 25)]
     jump = TenthsLog("x", 25)
     jump(24, " (big batch)")
     jump(25)
-    assert capsys.readouterr().out.splitlines() == ["x 24/25 (big batch)", "x 25/25"]
+    assert capsys.readouterr().err.splitlines() == ["x 24/25 (big batch)", "x 25/25"]
 
 
 def test_generate_without_progress_bars_logs_its_progress(sources, tmp_path, capsys) -> None:
     summary = _run(sources, tmp_path / "out", "loop")
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("generate: ")]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("generate: ")]
     total = len(_expected_ids(sources))
     assert summary["written"] == total  # the truncated image's rows are recorded skips
     assert lines and lines[-1] == f"generate: {total}/{total} samples"

@@ -62,7 +62,7 @@ def test_training_reduces_losses_and_saves_a_loadable_pipeline(records, tmp_path
     out = train_inpainter(records, tmp_path / "m", tiny_spec(vae_steps=60, unet_steps=60, lr=3e-3),
                           progress=False)
     # Without progress bars the log still shows the run advancing, at every tenth of each phase.
-    log = capsys.readouterr().out.splitlines()
+    log = capsys.readouterr().err.splitlines()
     assert [line.split(" loss")[0] for line in log if " step " in line] == [
         f"{phase} step {k}/60" for phase in ("VAE", "UNet") for k in range(6, 61, 6)]
     assert all(float(line.split(" loss ")[1]) > 0 for line in log if " step " in line)
