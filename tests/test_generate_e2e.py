@@ -152,3 +152,16 @@ def test_rerun_with_changed_settings_is_refused_then_recorded_when_allowed(ray_l
     history = json.loads((out / "generate_changes.json").read_text())
     assert history[-1]["changed"] == ["inpaint.guidance_scale: 2.0 -> 3.0", "prune.delta: 0.0 -> 0.5"]
     _generate(config, capsys, "--allow-changed")  # back to the original settings for other tests
+
+
+def test_generate_uses_the_tokens_invert_left_in_out_as_the_pipeline_does(tmp_path) -> None:
+    from raydbb.ddb.generate import with_learned_tokens
+
+    cfg = load_config(None, [f"out={tmp_path}"])
+    resolved, note = with_learned_tokens(cfg)
+    assert resolved.inpaint.tokens_dir is None and note.startswith("no learned tokens")
+    (tmp_path / "tokens").mkdir()
+    resolved, note = with_learned_tokens(cfg)
+    assert resolved.inpaint.tokens_dir == str(tmp_path / "tokens") and note.startswith("using the learned")
+    given = load_config(None, [f"out={tmp_path}", "inpaint.tokens_dir=/elsewhere"])
+    assert with_learned_tokens(given) == (given, "")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -223,6 +224,21 @@ def check_same_settings(cfg: RaydbbConfig, allow_changed: bool = False) -> None:
     storage.write_json(log, history)
 
 
+def with_learned_tokens(cfg: RaydbbConfig) -> tuple[RaydbbConfig, str]:
+    """``cfg`` with ``inpaint.tokens_dir`` pointed at ``OUT/tokens`` when it is unset and ``raydbb
+    invert`` has written tokens there, as the pipeline does, and a line that says which prompts the
+    run uses ("" when the config named the tokens)."""
+    tokens = RunDir(cfg.out).tokens
+    if cfg.inpaint.tokens_dir is not None:
+        return cfg, ""
+    if not tokens.is_dir():
+        return cfg, (f"no learned tokens in {tokens}: prompts name the class only (run raydbb invert "
+                     "first, or set inpaint.tokens_dir)")
+    inpaint = cfg.inpaint.model_copy(update={"tokens_dir": str(tokens)})
+    note = f"using the learned tokens in {tokens} (inpaint.tokens_dir)"
+    return cfg.model_copy(update={"inpaint": inpaint}), note
+
+
 def run_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool = True,
                  repainter: RepainterFactory = diffusion_repainter,
                  allow_changed: bool = False) -> dict[str, Any]:
@@ -232,6 +248,9 @@ def run_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool = True,
     from raydbb.models.checkpoint import read_classifier_meta
 
     run = RunDir(cfg.out)
+    tokens_note = ""
+    if repainter is diffusion_repainter:  # the only one that prompts
+        cfg, tokens_note = with_learned_tokens(cfg)
     check_same_settings(cfg, allow_changed)
     run.root.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(run.generate_config)
@@ -247,6 +266,8 @@ def run_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool = True,
     names = records.class_names
     generation_stages(cfg, names, ckpt, np.full(records.num_classes, 0.5),
                       repainter(cfg, names, records.frame.iloc[:0], ckpt))
+    if tokens_note:  # after validation: a config error stays one line
+        print(tokens_note, file=sys.stderr)
     start_engine(engine, cfg.ray, progress)
     scores = score_training_set(cfg, records, ckpt, engine, progress)
     tau = class_tau(scores, records.num_classes)
