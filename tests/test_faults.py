@@ -139,6 +139,31 @@ def test_inpaint_actor_killed_mid_generate_the_run_completes_unchanged(generate_
     _same_outcome(out, reference)
 
 
+def _kill_after(text: str, args: list[str], logs: Path) -> str:
+    """Start ``args``, SIGKILL it once ``text`` is in its log, run it again; the rerun's log."""
+    log = logs / "killed.log"
+    proc = _start(args, log)
+    _wait_for(lambda: text in log.read_text(), proc, log)
+    _kill_group(proc)
+    _run(args, logs / "rerun.log")
+    return (logs / "rerun.log").read_text()
+
+
+def _training_outcome(folder: Path) -> dict:
+    """A finished training folder's metrics.json without what differs between two runs of it."""
+    doc = json.loads((folder / "metrics.json").read_text())
+    doc["run"].pop("checkpoint", None)
+    doc["run"].pop("data_root", None)
+    for row in doc["run"]["history"]:
+        row.pop("seconds")
+    assert json.loads((folder / "classifier.json").read_text())["training"] == "finished"
+    return doc
+
+
+def _no_leftovers(out: Path, name: str) -> None:
+    assert not (out / f".{name}.resume").exists() and not (out / ".ray_train").exists()
+
+
 def test_train_erm_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
     from raydbb.data.synthetic import write_synthetic
 
@@ -150,20 +175,21 @@ def test_train_erm_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_p
     _run(["train-erm", f"out={tmp_path / 'reference'}", *common], tmp_path / "reference.log")
 
     out = tmp_path / "run"
-    log = tmp_path / "killed.log"
-    proc = _start(["train-erm", f"out={out}", *common], log)
-    _wait_for(lambda: "epoch   3/5" in log.read_text(), proc, log)
-    _kill_group(proc)
-    assert not (out / "erm" / "metrics.json").exists()
-    _run(["train-erm", f"out={out}", *common], tmp_path / "rerun.log")
-    assert "resuming after epoch" in (tmp_path / "rerun.log").read_text()
+    rerun = _kill_after("epoch   3/5", ["train-erm", f"out={out}", *common], tmp_path)
+    assert "resuming after epoch" in rerun
+    assert _training_outcome(out / "erm") == _training_outcome(tmp_path / "reference" / "erm")
+    _no_leftovers(out, "erm")
 
-    docs = [json.loads((p / "erm" / "metrics.json").read_text()) for p in (tmp_path / "reference", out)]
-    for doc in docs:
-        doc["run"].pop("checkpoint")
-        doc["run"].pop("data_root", None)
-        for row in doc["run"]["history"]:
-            row.pop("seconds")
-    assert docs[0] == docs[1]
-    assert json.loads((out / "erm" / "classifier.json").read_text())["training"] == "finished"
-    assert not (out / ".erm.resume").exists() and not (out / ".ray_train").exists()  # no leftovers
+
+def test_retrain_killed_mid_run_resumes_and_matches_an_uninterrupted_run(generate_setup, tmp_path):
+    root, config, manifest = generate_setup
+    common = ["--config", str(config), "--manifest", str(manifest), "--no-progress",
+              f"retrain.checkpoint={root / 'erm'}", "retrain.epochs=4",
+              "train.batch_size=8", "train.num_workers=2", "train.cpus_per_worker=0.5"]
+    _run(["retrain", f"out={tmp_path / 'reference'}", *common], tmp_path / "reference.log")
+
+    out = tmp_path / "run"
+    rerun = _kill_after("epoch   2/4", ["retrain", f"out={out}", *common], tmp_path)
+    assert "resuming after epoch" in rerun
+    assert _training_outcome(out / "ddb") == _training_outcome(tmp_path / "reference" / "ddb")
+    _no_leftovers(out, "ddb")
