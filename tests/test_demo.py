@@ -88,17 +88,37 @@ def test_fast_demo_end_to_end_then_rerun_skips_every_step(ray_local, tmp_path: P
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
 
-@pytest.mark.slow
-def test_fast_demo_log_reads_clean(tmp_path: Path) -> None:
-    """What a user reads: no traceback, no error line and no warning they cannot act on."""
-    argv = ["demo", "--out", str(tmp_path / "demo"), "--fast", "--no-progress"]
-    run = subprocess.run([sys.executable, "-m", "raydbb.cli", *argv], capture_output=True, text=True,
-                         timeout=900)
+@pytest.fixture(scope="module")
+def fast_demo_in_a_process(tmp_path_factory):
+    """A fast demo run as a user types it: (run folder, everything it printed)."""
+    out = tmp_path_factory.mktemp("process") / "demo"
+    run = subprocess.run([sys.executable, "-m", "raydbb.cli", "demo", "--out", str(out), "--fast",
+                          "--no-progress"], capture_output=True, text=True, timeout=900)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
+    return out, log
+
+
+@pytest.mark.slow
+def test_fast_demo_log_reads_clean(fast_demo_in_a_process) -> None:
+    """What a user reads: no traceback, no error line and no warning they cannot act on."""
+    _, log = fast_demo_in_a_process
     bad = [line for line in log.splitlines()
            if "Traceback" in line or "ERROR" in line or "Error" in line or "WARNING" in line
            or "Warning" in line or "warnings.warn" in line
            or "[transformers]" in line or "[diffusers]" in line]  # library advice, not the user's
     assert bad == [], "\n".join(bad[:20])
     assert log.count("[1/7] synth: draw") == 1  # each step's header once
+
+
+@pytest.mark.slow
+def test_two_demo_runs_of_one_seed_write_identical_metrics(ray_local, fast_demo_in_a_process,
+                                                           tmp_path) -> None:
+    # Another process, another folder, Ray Data's actors finishing in another order: same numbers.
+    first, _ = fast_demo_in_a_process
+    second = tmp_path / "demo"
+    assert main(["demo", "--out", str(second), "--fast", "--no-progress"]) == 0
+    texts = [(out / "metrics.json").read_text().replace(str(out), "OUT") for out in (first, second)]
+    assert texts[0] == texts[1]
+    weights = [(out / "ddb" / "model.safetensors").read_bytes() for out in (first, second)]
+    assert weights[0] == weights[1]
