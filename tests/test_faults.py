@@ -193,3 +193,41 @@ def test_retrain_killed_mid_run_resumes_and_matches_an_uninterrupted_run(generat
     assert "resuming after epoch" in rerun
     assert _training_outcome(out / "ddb") == _training_outcome(tmp_path / "reference" / "ddb")
     _no_leftovers(out, "ddb")
+
+
+def test_invert_killed_after_a_checkpoint_resumes_to_the_same_embedding(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from raydbb.data.synthetic import write_synthetic
+    from raydbb.models.small_sd import build_small_inpaint_pipeline
+
+    data = write_synthetic(tmp_path / "data", seed=0, n_train=16, n_val=4, n_test=4, progress=False)
+    model = build_small_inpaint_pipeline(tmp_path / "sd", seed=0)
+    meta = pd.read_csv(data / "metadata.csv")
+    train = meta[(meta["split"] == "train") & (meta["label"] == "landbird")].head(2)
+
+    def args(out: Path) -> list[str]:
+        pool = out / "token_pool"
+        pool.mkdir(parents=True, exist_ok=True)
+        train.assign(path=[str(data / p) for p in train["path"]],
+                     mask=[str(data / m) for m in train["mask"]]).to_csv(pool / "landbird.csv")
+        return ["invert", "--engine", "loop", "--no-progress", f"out={out}", f"data.root={data}",
+                f"inpaint.model={model}", "invert.initializer={landbird: bird, waterbird: bird}",
+                "invert.classes=[landbird]", "invert.resolution=32", "invert.batch_size=1",
+                "invert.grad_accum=1", "invert.steps=120", "invert.checkpoint_every=10"]
+
+    _run(args(tmp_path / "reference"), tmp_path / "reference.log")
+    out = tmp_path / "run"
+    tokens = out / "tokens" / "landbird"
+    log = tmp_path / "killed.log"
+    proc = _start(args(out), log)
+    _wait_for(lambda: any(tokens.glob("checkpoint-*")), proc, log)
+    _kill_group(proc)
+    assert not (tokens / "learned_embeds.safetensors").exists()
+    _run(args(out), tmp_path / "rerun.log")
+    rerun = (tmp_path / "rerun.log").read_text() + (tmp_path / "rerun.err").read_text()
+    assert "resuming at step" in rerun
+    want, got = (load_file(str(p / "tokens" / "landbird" / "learned_embeds.safetensors"))
+                 for p in (tmp_path / "reference", out))
+    assert torch.equal(got["<landbird-causal>"], want["<landbird-causal>"])
