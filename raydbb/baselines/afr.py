@@ -56,7 +56,8 @@ def afr_loss(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
 def fit_head(x: np.ndarray, y: np.ndarray, w: np.ndarray, W0: np.ndarray, b0: np.ndarray, lam: float,
              steps: int = 200, lr: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """Full-batch Adam on Eq. 3, starting from the ERM head."""
-    X, Y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.int64)
+    # torch.tensor copies: feature arrays may be read-only views (torch warns about those)
+    X, Y = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.int64)
     wt = torch.as_tensor(w, dtype=torch.float64)
     W0t = torch.as_tensor(W0, dtype=torch.float64)
     W = W0t.clone().requires_grad_(True)
