@@ -107,22 +107,19 @@ def save_model_state(folder: Path, epoch: int, key: str, state: dict[str, Any]) 
             old.unlink(missing_ok=True)
 
 
-def latest_epoch(folder: Path, key: str) -> int:
-    """The newest epoch saved with fingerprint ``key`` (0 when none: start from the beginning)."""
+def latest_state(folder: Path, key: str, rank: int,
+                 loader_generator: torch.Generator) -> tuple[int, dict[str, Any] | None]:
+    """The newest epoch saved with fingerprint ``key`` and rank 0's model state of it, after restoring
+    this rank's random-number states of that epoch; ``(0, None)`` when there is none (start afresh)."""
     epochs = sorted((int(p.stem.split("-")[1]) for p in folder.glob("epoch-*.pt") if "rank" not in p.stem),
                     reverse=True)
     for epoch in epochs:
         state = torch.load(folder / MODEL_FILE.format(epoch=epoch), weights_only=True)
         if state["fingerprint"] == key:
-            return epoch
-    return 0
-
-
-def load_states(folder: Path, epoch: int, rank: int, loader_generator: torch.Generator) -> dict[str, Any]:
-    """Restore this rank's random-number states after ``epoch``; returns rank 0's model state."""
-    rank_state = torch.load(folder / RANK_FILE.format(epoch=epoch, rank=rank), weights_only=True)
-    _set_rng_state(rank_state["rng"], loader_generator)
-    return torch.load(folder / MODEL_FILE.format(epoch=epoch), weights_only=True)
+            rank_state = torch.load(folder / RANK_FILE.format(epoch=epoch, rank=rank), weights_only=True)
+            _set_rng_state(rank_state["rng"], loader_generator)
+            return epoch, state
+    return 0, None
 
 
 def discard(folder: Path) -> None:

@@ -216,9 +216,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     history = []
     states = resume.resume_dir(out_dir)
     fingerprint = resume.fingerprint(spec, world, [train_frame, val_frame])
-    done = resume.latest_epoch(states, fingerprint) if states.is_dir() else 0
-    if done:
-        saved = resume.load_states(states, done, rank, loader_generator)
+    done, saved = resume.latest_state(states, fingerprint, rank, loader_generator)
+    if saved is not None:
         unwrap(model).load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         best_key, best_val, best_epoch = tuple(saved["best_key"]), saved["best_val"], saved["best_epoch"]
