@@ -77,17 +77,11 @@ def load_inpaint_model(
     Frozen UNet and VAE run in fp16/bf16 under mixed precision; the text encoder stays fp32 so the
     trained embedding and its gradients keep full precision.
     """
-    from diffusers import DDPMScheduler, StableDiffusionInpaintPipeline
+    from diffusers import DDPMScheduler
 
-    from raydbb.models.quiet_loading import quiet_pipeline_kwargs
+    from raydbb.models.inpaint_pipeline import load_inpaint_pipeline
 
-    try:
-        pipe = StableDiffusionInpaintPipeline.from_pretrained(
-            model, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            use_safetensors=True, **quiet_pipeline_kwargs())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"inpaint.model={model!r}: cannot load it as a diffusers inpainting pipeline "
-                          f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    pipe = load_inpaint_pipeline(model)
     _check_inpainting(model, pipe.unet.config.in_channels, pipe.vae.config.latent_channels)
     weight_dtype = _DTYPES.get(mixed_precision, torch.float32)
     frozen = {"dtype": weight_dtype} if weight_dtype != torch.float32 else {}

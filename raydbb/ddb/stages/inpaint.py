@@ -103,19 +103,9 @@ class InpaintStage(Stage):
         """Load the pipeline (and the learned tokens) once per actor."""
         if self.pipe is not None:
             return
-        from diffusers import StableDiffusionInpaintPipeline
+        from raydbb.models.inpaint_pipeline import load_inpaint_pipeline, transformers_errors_only
 
-        from raydbb.models.quiet_loading import quiet_pipeline_kwargs, transformers_errors_only
-
-        model = self.cfg.model
-        try:
-            pipe = StableDiffusionInpaintPipeline.from_pretrained(
-                model, dtype=_DTYPES[self.cfg.dtype], safety_checker=None, feature_extractor=None,
-                requires_safety_checker=False, use_safetensors=True, local_files_only=Path(model).is_dir(),
-                **quiet_pipeline_kwargs())
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"inpaint.model={model!r}: cannot load it as a diffusers inpainting pipeline "
-                              f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
+        pipe = load_inpaint_pipeline(self.cfg.model, _DTYPES[self.cfg.dtype])
         if self.cfg.scheduler is not None:
             pipe.scheduler = scheduler_class(self.cfg.scheduler).from_config(pipe.scheduler.config)
         with transformers_errors_only():
