@@ -1,4 +1,5 @@
-"""A tiny DDB run folder shared by test_retrain.py and test_tune.py (built once per test session).
+"""Tiny DDB inputs for tests: a run folder shared by test_retrain.py and test_tune.py (built once
+per test session), and :func:`untrained_inputs` for tests of the generate step itself.
 
 ``OUT/data``: the synthetic benchmark (32 px). ``OUT/erm``: a small_cnn trained by plain ERM (a
 short in-process loop: the Ray Train path is covered by test_erm.py). ``OUT/manifest``,
@@ -38,6 +39,24 @@ def base_overrides(run: TinyRun, out: Path) -> list[str]:
         "classifier.width=8", "train.batch_size=32", "train.optimizer=adam", "train.augment=false",
         "train.num_workers=1", "train.cpus_per_worker=1", "train.seed=0",
     ]
+
+
+def untrained_inputs(root: Path, n_train: int, erm: Path) -> tuple[Path, Path]:
+    """What a generate run needs, at sizes that take seconds: the synthetic benchmark (``n_train``
+    training images, 32 px) in ``root/data``, a random-weight small_cnn saved as the ERM checkpoint
+    ``erm`` and a random-weight inpainting pipeline in ``root/sd``. Returns (data root, pipeline)."""
+    from raydbb.config import ClassifierConfig
+    from raydbb.data.synthetic import write_synthetic
+    from raydbb.models.checkpoint import save_classifier
+    from raydbb.models.classifier import build_classifier
+    from raydbb.models.small_sd import build_small_inpaint_pipeline
+
+    data = write_synthetic(root / "data", seed=0, n_train=n_train, n_val=4, n_test=4, size=SIZE,
+                           progress=False)
+    torch.manual_seed(0)
+    arch = ClassifierConfig(arch="small_cnn", pretrained=False, image_size=SIZE, width=4)
+    save_classifier(build_classifier(arch, 2), erm, {"class_names": CLASSES})
+    return data, build_small_inpaint_pipeline(root / "sd", seed=0, sample_size=8)
 
 
 def oracle_generate(run: TinyRun, out: Path, delta: float, prob_rule: bool) -> RaydbbConfig:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from ddb_run import untrained_inputs
 
 from raydbb.data.images import read_image
 from raydbb.engine.manifest import read_manifest
@@ -60,20 +61,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def generate_setup(tmp_path_factory):
-    import torch
-
-    from raydbb.config import ClassifierConfig
-    from raydbb.data.synthetic import write_synthetic
-    from raydbb.models.checkpoint import save_classifier
-    from raydbb.models.classifier import build_classifier
-    from raydbb.models.small_sd import build_small_inpaint_pipeline
-
     root = tmp_path_factory.mktemp("faults")
-    data = write_synthetic(root / "data", seed=0, n_train=48, n_val=4, n_test=4, size=32, progress=False)
-    torch.manual_seed(0)
-    model = build_classifier(ClassifierConfig(arch="small_cnn", pretrained=False, image_size=32, width=4), 2)
-    save_classifier(model, root / "erm", {"class_names": CLASSES})
-    sd = build_small_inpaint_pipeline(root / "sd", seed=0, sample_size=8)
+    data, sd = untrained_inputs(root, n_train=48, erm=root / "erm")
     small = {"num_cpus": 0.5, "batch_size": 2, "model_batch_size": 2}
     cfg = {
         "seed": 3,

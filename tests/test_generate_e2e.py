@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from ddb_run import untrained_inputs
 
 from raydbb.cli import main
 from raydbb.config import load_config
@@ -19,20 +20,8 @@ CLASSES = ["landbird", "waterbird"]
 
 @pytest.fixture(scope="module")
 def setup_run(tmp_path_factory):
-    import torch
-
-    from raydbb.config import ClassifierConfig
-    from raydbb.data.synthetic import write_synthetic
-    from raydbb.models.checkpoint import save_classifier
-    from raydbb.models.classifier import build_classifier
-    from raydbb.models.small_sd import build_small_inpaint_pipeline
-
     root = tmp_path_factory.mktemp("e2e")
-    data = write_synthetic(root / "data", seed=0, n_train=12, n_val=4, n_test=4, size=32, progress=False)
-    torch.manual_seed(0)
-    model = build_classifier(ClassifierConfig(arch="small_cnn", pretrained=False, image_size=32, width=4), 2)
-    save_classifier(model, root / "run" / "erm", {"class_names": CLASSES})
-    sd = build_small_inpaint_pipeline(root / "sd", seed=0, sample_size=8)
+    data, sd = untrained_inputs(root, n_train=12, erm=root / "run" / "erm")
     small = {"num_cpus": 0.5, "batch_size": 4, "model_batch_size": 4}
     cfg = {
         "out": str(root / "run"),
