@@ -65,6 +65,9 @@ class StageResources(Section):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractional allowed); 0 on CPU")
     batch_size: int = Field(8, ge=1, description="rows per call of the stage")
     model_batch_size: int = Field(8, ge=1, description="images per forward pass inside a call")
+    node_labels: dict[str, str] = Field(
+        default_factory=dict, description="run only on Ray nodes carrying these labels (e.g. "
+        "{raydbb-stages: inpaint}, as the node types of cluster/ray-cluster.yaml declare); {} = any node")
 
 
 class SyntheticConfig(Section):

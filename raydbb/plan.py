@@ -406,6 +406,10 @@ def dry_run(cfg: RaydbbConfig, command: str = "pipeline", steps: list[str] | Non
             plan.lines.append(f"    expected samples: {sum(quota)} sources ({per} per class) x "
                               f"{len(per_class) - 1} other classes x {cfg.inpaint.n_variants} variants "
                               f"= {total}")
+    on_gpus = sorted({p.field for p in stages if p.num_gpus > 0 and p.step == "generate"})
+    if on_gpus and cfg.device == "cpu":
+        plan.lines.append(f"device=cpu: {', '.join(on_gpus)} ask GPUs for placement only; "
+                          "their models run on CPU (device: cuda uses the GPUs)")
     plan.problems += check_resources(stages, res, cfg.device, cfg.train.use_gpu and bool(
         {"train_erm", "retrain"} & set(names)))
     return plan

@@ -73,7 +73,7 @@ def scoring_stages(cfg: RaydbbConfig, ckpt: Path) -> list[Stage]:
     """The scoring pass as stages: load, score (with ``layout=fused`` one chain on the scoring pool:
     each scoring actor reads its own images)."""
     stages = [LoadStage(cfg.generate.io), ScoreStage(ckpt, cfg.select.resources)]
-    return arrange(stages, cfg.generate.layout, cfg.select.resources, "select.resources")
+    return arrange(stages, cfg.generate.layout, cfg.select.resources, "select.resources", cfg.device)
 
 
 def score_training_set(cfg: RaydbbConfig, records: RecordSet, ckpt: Path, engine: str = "ray",
@@ -191,7 +191,7 @@ def generation_stages(cfg: RaydbbConfig, class_names: list[str], ckpt: Path, tau
         PruneStage(cfg.prune, classifier_dir=str(ckpt), tau=tau),
         WriteStage(cfg.out, {"classifier": str(ckpt)}, cfg.generate.io),
     ]
-    return arrange(stages, cfg.generate.layout, cfg.generate.fused, "generate.fused")
+    return arrange(stages, cfg.generate.layout, cfg.generate.fused, "generate.fused", cfg.device)
 
 
 def check_same_settings(cfg: RaydbbConfig, allow_changed: bool = False) -> None:
@@ -264,11 +264,20 @@ def run_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool = True,
     # the stage constructors validate, and τ is not needed for that.
     class_quota(cfg.select, records.class_names, [0] * records.num_classes)
     names = records.class_names
-    generation_stages(cfg, names, ckpt, np.full(records.num_classes, 0.5),
-                      repainter(cfg, names, records.frame.iloc[:0], ckpt))
+    checked = generation_stages(cfg, names, ckpt, np.full(records.num_classes, 0.5),
+                                repainter(cfg, names, records.frame.iloc[:0], ckpt))
     if tokens_note:  # after validation: a config error stays one line
         print(tokens_note, file=sys.stderr)
+    on_gpus = [s.name for s in checked if s.resources.num_gpus > 0]
+    if on_gpus and cfg.device == "cpu":
+        print(f"device=cpu: {', '.join(on_gpus)} keep their GPU requests for placement but run their "
+              "models on CPU (set device: cuda to use the GPUs)", file=sys.stderr)
     start_engine(engine, cfg.ray, progress)
+    if engine == "ray":  # a plan the cluster cannot hold fails now, not after the scoring pass
+        from raydbb.engine.adapter import check_placement
+
+        check_placement(scoring_stages(cfg, ckpt))
+        check_placement(checked)
     scores = score_training_set(cfg, records, ckpt, engine, progress)
     tau = class_tau(scores, records.num_classes)
     write_tau(run.root, records.class_names, tau, str(ckpt))

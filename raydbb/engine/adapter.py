@@ -12,16 +12,27 @@ for tests (same rows) and benchmarks (engine vs loop).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from raydbb.engine.chain import run_chain
-from raydbb.engine.stage import Batch, Stage, num_rows, timed_call
+from raydbb.engine.placement import Node, placement_problems
+from raydbb.engine.stage import NODE_PREFIX, Batch, Stage, num_rows, timed_call
+from raydbb.errors import RaydbbError
 
-logger = logging.getLogger(__name__)
+
+def _on_this_node(stage: Stage, batch: Batch) -> Batch:
+    """:func:`timed_call`, plus the id of the node that ran it as ``node_<stage.name>`` (the
+    run summary says which node ran what)."""
+    import ray
+
+    out = timed_call(stage, batch)
+    n = num_rows(out)
+    if n:
+        out[f"{NODE_PREFIX}{stage.name}"] = np.full(n, ray.get_runtime_context().get_node_id(), dtype=object)
+    return out
 
 
 class _StageActor:
@@ -32,7 +43,7 @@ class _StageActor:
         stage.setup()
 
     def __call__(self, batch: Batch) -> Batch:
-        return timed_call(self.stage, batch)
+        return _on_this_node(self.stage, batch)
 
 
 def _actor_class(stage: Stage) -> type:
@@ -48,7 +59,7 @@ def _task_fn(stage: Stage):
         if not ready:  # once per worker process that deserialised this function
             stage.setup()
             ready = True
-        return timed_call(stage, batch)
+        return _on_this_node(stage, batch)
 
     run.__name__ = run.__qualname__ = stage.name
     return run
@@ -66,6 +77,8 @@ def map_stage(ds, stage: Stage):
     }
     if res.num_gpus > 0:  # set only for GPU stages; CPU runs leave num_gpus unset
         kwargs["num_gpus"] = res.num_gpus
+    if res.node_labels:  # e.g. the inpainting pool on the inpainting node group
+        kwargs["label_selector"] = dict(res.node_labels)
     if stage.stateful:
         return ds.map_batches(
             _actor_class(stage),
@@ -76,23 +89,40 @@ def map_stage(ds, stage: Stage):
     return ds.map_batches(_task_fn(stage), **kwargs)
 
 
-def check_cpu_budget(stages: list[Stage], cluster_cpus: float | None) -> None:
-    """Warn when the actor pools would take every CPU: tasks (read, load, write) would then stall."""
-    if cluster_cpus is None:
-        return
-    actors = sum(s.resources.actors * s.resources.num_cpus for s in stages if s.stateful)
-    tasks = max((s.resources.num_cpus for s in stages if not s.stateful), default=0.0)
-    if actors + tasks > cluster_cpus:
-        logger.warning(
-            "actor pools reserve %.2f CPUs and tasks need %.2f, but the cluster has %.2f: the "
-            "pipeline may stall; lower <stage>.resources.num_cpus/actors", actors, tasks, cluster_cpus)
+def alive_nodes() -> list[Node]:
+    """The connected Ray cluster's alive nodes: CPUs, GPUs (totals) and labels."""
+    import ray
+
+    return [Node(n["NodeID"], float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0)),
+                 dict(n.get("Labels") or {})) for n in ray.nodes() if n.get("Alive")]
+
+
+def node_names() -> dict[str, str]:
+    """Every node the cluster has known (alive or lost), by id: a short id, its own labels, and
+    "lost" for a node that left during the run; for the run summary."""
+    import ray
+
+    names = {}
+    for n in ray.nodes():
+        labels = ",".join(f"{k}={v}" for k, v in sorted((n.get("Labels") or {}).items())
+                          if not k.startswith("ray.io/"))
+        notes = [x for x in (labels, "" if n.get("Alive") else "lost") if x]
+        names[n["NodeID"]] = n["NodeID"][:8] + (f" ({'; '.join(notes)})" if notes else "")
+    return names
+
+
+def check_placement(stages: list[Stage]) -> None:
+    """Refuse, one line per stage, pools and tasks that the alive nodes of the connected cluster
+    cannot hold (:mod:`raydbb.engine.placement`); Ray would wait for them forever."""
+    problems = placement_problems(stages, alive_nodes())
+    if problems:
+        raise RaydbbError("\n".join(problems))
 
 
 def build_dataset(ds, stages: list[Stage]):
-    """Chain ``stages`` onto the Ray Dataset ``ds`` (lazy; consume with ``iter_batches``)."""
-    import ray
-
-    check_cpu_budget(stages, ray.cluster_resources().get("CPU") if ray.is_initialized() else None)
+    """Chain ``stages`` onto the Ray Dataset ``ds`` (lazy; consume with ``iter_batches``), after
+    :func:`check_placement`."""
+    check_placement(stages)
     for stage in stages:
         ds = map_stage(ds, stage)
     return ds

@@ -19,10 +19,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from raydbb.config import RayConfig, StageResources
-from raydbb.engine.adapter import auto_block_rows, build_dataset, run_loop, source_dataset
+from raydbb.engine.adapter import auto_block_rows, build_dataset, node_names, run_loop, source_dataset
 from raydbb.engine.chain import ChainStage, stage_names
 from raydbb.engine.manifest import ManifestWriter
-from raydbb.engine.stage import Batch, Stage
+from raydbb.engine.stage import Batch, Stage, run_on_cpu
 from raydbb.engine.stats import RunStats
 from raydbb.errors import ConfigError, RaydbbError
 from raydbb.progress import TenthsLog
@@ -69,11 +69,15 @@ def execute(stages: list[Stage], rows: pd.DataFrame, engine: str = "ray",
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
 
-def arrange(stages: list[Stage], layout: str, pool: StageResources, pool_field: str) -> list[Stage]:
+def arrange(stages: list[Stage], layout: str, pool: StageResources, pool_field: str,
+            device: str = "cuda") -> list[Stage]:
     """``stages`` as the adapter should map them: unchanged for ``layout=pools``, else one
-    :class:`ChainStage` on the pool ``pool`` (the config field ``pool_field``, for errors)."""
+    :class:`ChainStage` on the pool ``pool`` (the config field ``pool_field``, for errors).
+    ``device="cpu"`` runs every model on CPU, GPU requests or not (:func:`run_on_cpu`)."""
     if layout not in LAYOUTS:
         raise ConfigError(f"layout {layout!r}: expected one of {list(LAYOUTS)}")
+    if device == "cpu":
+        run_on_cpu(stages)
     if layout == "pools":
         return stages
     on_gpu = [s.name for s in stages if s.resources.num_gpus > 0]
@@ -104,5 +108,5 @@ def stream_to_manifest(rows: pd.DataFrame, stages: list[Stage], out: str | Path,
                 done += added
                 if not progress:
                     log(done)
-    stats.finish(writer.parts)
+    stats.finish(writer.parts, node_names() if engine == "ray" else None)
     return stats

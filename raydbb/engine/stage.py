@@ -20,6 +20,9 @@ from raydbb.config import StageResources
 
 Batch = dict[str, np.ndarray]
 
+#: column prefix of the node id that ran a stage on a row (Ray engine only)
+NODE_PREFIX = "node_"
+
 
 class Stage:
     """Base class for pipeline stages.
@@ -31,6 +34,8 @@ class Stage:
 
     name: str = "stage"
     stateful: bool = True
+    #: models on CPU whatever GPUs the stage asks Ray for (``device: cpu``; see :func:`run_on_cpu`)
+    cpu_only: bool = False
 
     def __init__(self, resources: StageResources | None = None) -> None:
         self.resources = resources or StageResources()
@@ -47,8 +52,9 @@ class Stage:
 
     @property
     def device(self) -> str:
-        """``"cuda"`` when the config gives this stage GPUs, else ``"cpu"`` (never probed)."""
-        return "cuda" if self.resources.num_gpus > 0 else "cpu"
+        """``"cuda"`` when the config gives this stage GPUs (and :attr:`cpu_only` is off), else
+        ``"cpu"`` (never probed)."""
+        return "cuda" if self.resources.num_gpus > 0 and not self.cpu_only else "cpu"
 
     def setup(self) -> None:
         """Load models; runs once per actor (or once per process for a plain loop)."""
@@ -59,6 +65,14 @@ class Stage:
     def describe(self) -> dict[str, Any]:
         """Name, resources and batch sizes, for logs and the run summary."""
         return {"name": self.name, "stateful": self.stateful, **self.resources.model_dump()}
+
+
+def run_on_cpu(stages: list[Stage]) -> list[Stage]:
+    """Mark ``stages`` :attr:`~Stage.cpu_only`: their GPU requests stay (Ray still places them on
+    GPU nodes) but their models run on CPU, e.g. to rehearse a GPU cluster's plan without GPUs."""
+    for stage in stages:
+        stage.cpu_only = True
+    return stages
 
 
 def num_rows(batch: Batch) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from raydbb.engine.stage import Batch, num_rows
+from raydbb.engine.stage import NODE_PREFIX, Batch, num_rows
 
 
 class RunStats:
@@ -27,6 +27,8 @@ class RunStats:
         self.written = self.generated = self.kept = 0
         self.reasons: dict[str, int] = {}
         self.stage_time: dict[str, list[float]] = {}
+        self.stage_nodes: dict[str, dict[str, int]] = {}  # stage -> node id -> rows
+        self.node_names: dict[str, str] = {}
         self.parts: list[Path] = []
 
     def add(self, batch: Batch) -> int:
@@ -42,12 +44,17 @@ class RunStats:
                 acc = self.stage_time.setdefault(key[2:], [0.0, 0])
                 acc[0] += float(np.nansum(col))
                 acc[1] += int(np.isfinite(col).sum())
+            elif key.startswith(NODE_PREFIX):
+                counts = self.stage_nodes.setdefault(key[len(NODE_PREFIX):], {})
+                for node in col:
+                    counts[str(node)] = counts.get(str(node), 0) + 1
         return n
 
-    def finish(self, parts: list[Path]) -> None:
-        """Stop the clock; ``parts`` are the manifest files written."""
+    def finish(self, parts: list[Path], node_names: dict[str, str] | None = None) -> None:
+        """Stop the clock; ``parts`` are the manifest files written; ``node_names`` name node ids."""
         self.wall = time.perf_counter() - self.start
         self.parts = list(parts)
+        self.node_names = dict(node_names or {})
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable figures (see :func:`format_stats`)."""
@@ -63,6 +70,10 @@ class RunStats:
                               "rows_per_busy_s": n / t if t > 0 else float("nan")}
                        for name, (t, n) in sorted(self.stage_time.items(),
                                                   key=lambda kv: self.order.get(kv[0], 99))},
+            "nodes": {name: {self.node_names.get(node, node[:8]): rows
+                             for node, rows in sorted(nodes.items())}
+                      for name, nodes in sorted(self.stage_nodes.items(),
+                                                key=lambda kv: self.order.get(kv[0], 99))},
             "manifest_parts": [str(p) for p in self.parts],
         }
 
@@ -82,4 +93,8 @@ def format_stats(summary: dict[str, Any]) -> list[str]:
         for name, st in summary["stages"].items():
             lines.append(f"    {name:<10} {st['s_per_row'] * 1000:9.1f} ms/row  "
                          f"{st['rows_per_busy_s']:9.2f} rows/s")
+    if len({node for nodes in summary.get("nodes", {}).values() for node in nodes}) > 1:
+        lines.append("  where the stages ran (node: output rows):")
+        for name, nodes in summary["nodes"].items():
+            lines.append(f"    {name:<10} " + ", ".join(f"{node}: {rows}" for node, rows in nodes.items()))
     return lines
