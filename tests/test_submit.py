@@ -1,21 +1,13 @@
 """``raydbb submit`` against a REAL local Ray head (loopback only), started and stopped by this module.
 
-The head runs in its own process session, on free ports, with its own temp dir and without
-RAY_ADDRESS, so it never meets the in-process ``ray_local`` fixture or other Ray instances on the
-machine; it is stopped by signalling its own process group (``ray stop`` would stop every Ray
-instance on the machine).
+The head (tests/local_cluster.py) runs in its own process session, on free ports, with its own temp
+dir and without RAY_ADDRESS, so it never meets the in-process ``ray_local`` fixture or other Ray
+instances on the machine.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,87 +19,33 @@ import yaml
 
 from raydbb.cli import main
 from raydbb.workflow import read_marker
+from tests.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
-
-VENV_BIN = Path(sys.executable).parent
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _head_env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env.update({
-        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # the job's `python` is this venv's
-        "RAY_AUTH_MODE": "disabled",  # loopback-only test cluster; token auth is covered by Ray itself
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "TMPDIR": str(tmp),
-        "OMP_NUM_THREADS": "1",
-    })
-    return env
 
 
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[str]:
     """A Ray head on 127.0.0.1 with the job server on a free port; yields its http address."""
-    tmp = Path(tempfile.mkdtemp(prefix="rdbh-", dir="/tmp"))  # short: Ray's socket paths are length-limited
-    (gcs, dash, agent_http, agent_grpc, metrics, rt_env, node_mgr, obj_mgr, client) = _free_ports(9)
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-           "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-           "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
-           "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(rt_env),
-           "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
-           "--ray-client-server-port", str(client), "--num-cpus", "2", "--num-gpus", "0",
-           "--object-store-memory", str(200 * 1024 * 1024), "--temp-dir", str(tmp / "ray"),
-           "--disable-usage-stats"]
-    log = open(tmp / "head.log", "w")  # noqa: SIM115  # closed in the finally below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_head_env(tmp),
-                            cwd=tmp, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
+    cluster = LocalCluster()
     try:
+        cluster.start_head(cpus=2, dashboard=True)
         deadline = time.monotonic() + 150
         while True:
-            if proc.poll() is not None:
-                tail = (tmp / "head.log").read_text()[-3000:]
-                pytest.fail(f"ray start exited with {proc.returncode}:\n{tail}")
+            if cluster.nodes[0].poll() is not None:
+                pytest.fail(f"ray start exited with {cluster.nodes[0].returncode}:\n{cluster.log(0)}")
             try:
-                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as resp:
+                with urllib.request.urlopen(f"{cluster.dashboard}/api/version", timeout=2) as resp:
                     if resp.status == 200:
                         break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"Ray job server not up after 150 s:\n{(tmp / 'head.log').read_text()[-3000:]}")
+                pytest.fail(f"Ray job server not up after 150 s:\n{cluster.log(0)}")
             time.sleep(1)
-        yield address
+        yield cluster.dashboard
     finally:
-        # Only our own processes: the head's session (ray start --block leads the process group).
-        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=grace)
-                time.sleep(1)  # let children in the group see the signal before the next check
-                os.killpg(proc.pid, 0)  # raises when no process of the group is left
-            except (subprocess.TimeoutExpired, PermissionError):
-                continue
-            except ProcessLookupError:
-                break
-        log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        cluster.stop()
 
 
 def _write_config(path: Path, **sections: object) -> Path:
