@@ -12,6 +12,9 @@ for tests (same rows) and benchmarks (engine vs loop).
 
 from __future__ import annotations
 
+import resource
+import sys
+import time
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -19,20 +22,42 @@ import pandas as pd
 
 from raydbb.engine.chain import run_chain
 from raydbb.engine.placement import Node, placement_problems
-from raydbb.engine.stage import NODE_PREFIX, Batch, Stage, num_rows, timed_call
+from raydbb.engine.stage import (
+    GPU_PREFIX,
+    NODE_PREFIX,
+    RSS_PREFIX,
+    SETUP_PREFIX,
+    Batch,
+    Stage,
+    num_rows,
+    timed_call,
+)
 from raydbb.errors import RaydbbError
 
 
-def _on_this_node(stage: Stage, batch: Batch) -> Batch:
-    """:func:`timed_call`, plus the id of the node that ran it as ``node_<stage.name>`` (the
-    run summary says which node ran what)."""
+def _recorded_call(stage: Stage, batch: Batch, setup_s: float | None = None) -> Batch:
+    """:func:`timed_call`, plus what the run summary reports per actor: the node that ran it
+    (``node_<stage>``), this process's peak resident memory and, on CUDA, peak GPU memory so far
+    (``rss_<stage>``/``gpu_<stage>``, MiB), and ``setup_s``, the model load time, on the first
+    call of an actor (``setup_<stage>``)."""
     import ray
 
     out = timed_call(stage, batch)
     n = num_rows(out)
     if n:
         out[f"{NODE_PREFIX}{stage.name}"] = np.full(n, ray.get_runtime_context().get_node_id(), dtype=object)
+        out[f"{RSS_PREFIX}{stage.name}"] = np.full(n, peak_rss_mib())
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            out[f"{GPU_PREFIX}{stage.name}"] = np.full(n, torch.cuda.max_memory_allocated() / 2**20)
+        if setup_s is not None:
+            out[f"{SETUP_PREFIX}{stage.name}"] = np.full(n, setup_s)
     return out
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _StageActor:
@@ -40,10 +65,14 @@ class _StageActor:
 
     def __init__(self, stage: Stage) -> None:
         self.stage = stage
+        start = time.perf_counter()
         stage.setup()
+        self.setup_s: float | None = time.perf_counter() - start
 
     def __call__(self, batch: Batch) -> Batch:
-        return _on_this_node(self.stage, batch)
+        out = _recorded_call(self.stage, batch, self.setup_s)
+        self.setup_s = None  # reported once per actor
+        return out
 
 
 def _actor_class(stage: Stage) -> type:
@@ -59,7 +88,7 @@ def _task_fn(stage: Stage):
         if not ready:  # once per worker process that deserialised this function
             stage.setup()
             ready = True
-        return _on_this_node(stage, batch)
+        return _recorded_call(stage, batch)
 
     run.__name__ = run.__qualname__ = stage.name
     return run

@@ -20,8 +20,13 @@ from raydbb.config import StageResources
 
 Batch = dict[str, np.ndarray]
 
-#: column prefix of the node id that ran a stage on a row (Ray engine only)
+#: Per-row columns the Ray adapter adds for the run summary, by stage name: the node that ran the
+#: stage, the worker's peak resident and GPU memory so far (MiB), the actor's model load time (s)
 NODE_PREFIX = "node_"
+RSS_PREFIX = "rss_"
+GPU_PREFIX = "gpu_"
+SETUP_PREFIX = "setup_"
+TELEMETRY_PREFIXES = ("t_", NODE_PREFIX, RSS_PREFIX, GPU_PREFIX, SETUP_PREFIX)
 
 
 class Stage:

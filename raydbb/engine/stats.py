@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from raydbb.engine.stage import NODE_PREFIX, Batch, num_rows
+from raydbb.engine.stage import GPU_PREFIX, NODE_PREFIX, RSS_PREFIX, SETUP_PREFIX, Batch, num_rows
+
+#: per-stage maxima kept from the adapter's telemetry columns: summary key by column prefix
+PEAKS = {SETUP_PREFIX: "load_s", RSS_PREFIX: "peak_rss_mib", GPU_PREFIX: "peak_gpu_mib"}
 
 
 class RunStats:
@@ -29,6 +32,7 @@ class RunStats:
         self.stage_time: dict[str, list[float]] = {}
         self.stage_nodes: dict[str, dict[str, int]] = {}  # stage -> node id -> rows
         self.node_names: dict[str, str] = {}
+        self.peaks: dict[str, dict[str, float]] = {}  # stage -> summary key -> max over actors
         self.parts: list[Path] = []
 
     def add(self, batch: Batch) -> int:
@@ -48,6 +52,11 @@ class RunStats:
                 counts = self.stage_nodes.setdefault(key[len(NODE_PREFIX):], {})
                 for node in col:
                     counts[str(node)] = counts.get(str(node), 0) + 1
+            for prefix, name in PEAKS.items():
+                values = np.asarray(col, dtype=np.float64) if key.startswith(prefix) else np.empty(0)
+                if np.isfinite(values).any():
+                    peaks = self.peaks.setdefault(key[len(prefix):], {})
+                    peaks[name] = max(peaks.get(name, 0.0), float(np.nanmax(values)))
         return n
 
     def finish(self, parts: list[Path], node_names: dict[str, str] | None = None) -> None:
@@ -67,7 +76,7 @@ class RunStats:
             "wall_s": wall,
             "samples_per_s": self.written / wall if wall > 0 and self.written else 0.0,
             "stages": {name: {"s_per_row": t / n if n else float("nan"),
-                              "rows_per_busy_s": n / t if t > 0 else float("nan")}
+                              "rows_per_busy_s": n / t if t > 0 else float("nan"), **self.peaks.get(name, {})}
                        for name, (t, n) in sorted(self.stage_time.items(),
                                                   key=lambda kv: self.order.get(kv[0], 99))},
             "nodes": {name: {self.node_names.get(node, node[:8]): rows
@@ -91,8 +100,11 @@ def format_stats(summary: dict[str, Any]) -> list[str]:
     if summary["stages"]:
         lines.append("  stage throughput (per actor, while busy; rows before expand are sources):")
         for name, st in summary["stages"].items():
+            extra = "".join(f"  {label} {st[key]:{fmt}}{unit}" for key, label, fmt, unit in (
+                ("load_s", "model load", ".1f", " s"), ("peak_rss_mib", "peak RSS", ".0f", " MiB"),
+                ("peak_gpu_mib", "peak GPU", ".0f", " MiB")) if key in st)
             lines.append(f"    {name:<10} {st['s_per_row'] * 1000:9.1f} ms/row  "
-                         f"{st['rows_per_busy_s']:9.2f} rows/s")
+                         f"{st['rows_per_busy_s']:9.2f} rows/s{extra}")
     if len({node for nodes in summary.get("nodes", {}).values() for node in nodes}) > 1:
         lines.append("  where the stages ran (node: output rows):")
         for name, nodes in summary["nodes"].items():

@@ -16,7 +16,7 @@ from raydbb.config import StageResources
 from raydbb.data.images import write_png_atomic
 from raydbb.engine.manifest import manifest_columns
 from raydbb.engine.names import IMAGES_DIR, MASKS_DIR
-from raydbb.engine.stage import NODE_PREFIX, Batch, Stage, is_empty, num_rows
+from raydbb.engine.stage import TELEMETRY_PREFIXES, Batch, Stage, is_empty, num_rows
 from raydbb.ids import safe_join, sanitize_id
 
 
@@ -24,9 +24,9 @@ class WriteStage(Stage):
     """Writes ``image`` to ``OUT/images/<sample_id>.png`` and ``mask`` to ``OUT/masks/<source_id>.png``.
 
     Returns the manifest columns (``image_path``/``mask_path`` relative to ``OUT``; run-wide
-    ``constants`` such as the classifier id fill columns the stages did not set) plus every
-    ``t_<stage>`` timing column and ``node_<stage>`` column, which the driver sums into the run
-    summary.
+    ``constants`` such as the classifier id fill columns the stages did not set) plus the
+    per-stage timing and telemetry columns (``t_<stage>``, ``node_<stage>``, ...), which the driver
+    sums into the run summary.
     """
 
     name = "write"
@@ -59,6 +59,5 @@ class WriteStage(Stage):
                     written_masks[source_id] = rel
                 mask_paths[i] = written_masks[source_id]
         out = manifest_columns({**batch, "image_path": image_paths, "mask_path": mask_paths}, self.constants)
-        out.update({k: np.asarray(v, dtype=np.float64) for k, v in batch.items() if k.startswith("t_")})
-        out.update({k: v for k, v in batch.items() if k.startswith(NODE_PREFIX)})
+        out.update({k: v for k, v in batch.items() if k.startswith(TELEMETRY_PREFIXES)})
         return out
