@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raydbb.errors import ConfigError, RaydbbError
 
@@ -276,6 +284,11 @@ class InvertConfig(Section):
     flip: bool = Field(True, description="random horizontal flips")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         "no", description="UNet/VAE dtype; needs device=cuda")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _bare_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML reads a bare `no` as false
     checkpoint_every: int = Field(500, ge=1, description="steps between resumable checkpoints")
     seed: int = 0
     num_gpus: float | None = Field(
