@@ -231,7 +231,7 @@ def overrides(root: Path, models: dict[str, Path], steps: int, invert_steps: int
         "prune.resources={actors: 1, num_cpus: 1, num_gpus: 0, batch_size: 2, model_batch_size: 16}",
         f"invert.steps={invert_steps}", "invert.mixed_precision=no", "invert.num_gpus=0",
         "invert.resolution=512", "invert.batch_size=1", "invert.grad_accum=1", "invert.num_cpus=1",
-        "invert.classes=[waterbird]", "invert.initializer={landbird: bird, waterbird: bird}",
+        "invert.initializer={landbird: bird, waterbird: bird}",
     ]
 
 
@@ -322,7 +322,7 @@ def report(r: dict[str, Any], info: dict[str, Any], load: list[float]) -> str:
         "stage (model load = the actor's `setup()`; peak RSS = the actor process's high-water mark; s per "
         "row while busy):\n",
         markdown_table(stage_rows),
-        f"`raydbb invert` at 512 px ({r['invert_steps']} steps, one class) finished in "
+        f"`raydbb invert` at 512 px ({r['invert_steps']} steps per class, both classes) finished in "
         f"{inv['wall_s']:.0f} s (pool masks with GroundingDINO + SAM, then the token steps through the "
         f"full UNet and text tower); peak RSS of its largest Ray worker {inv_peak:.0f} MiB.\n",
         "What these numbers mean for GPUs (float16, the job configs' `inpaint.dtype`): the weights are "

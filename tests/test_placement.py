@@ -1,5 +1,5 @@
 """Placement check (raydbb.engine.placement): the pools of a pass packed onto the alive nodes, by
-hand-counted cases; no Ray."""
+hand-counted cases; and the run summary's per-node and per-actor figures. No Ray."""
 
 from __future__ import annotations
 
@@ -53,3 +53,26 @@ def test_labels_no_node_carries_and_tasks_left_without_cpus():
     problems = placement_problems([stage("mask", 2, 1), stage("write", cpus=0.5, tasks=True)], one_node)
     assert problems == ["stage write: its tasks need 0.5 CPU that the actor pools leave on no node of the "
                         "cluster (free: n1 0 CPU + 0 GPU)"]
+
+
+def test_run_summary_counts_nodes_and_keeps_each_stages_peaks():
+    import numpy as np
+
+    from raydbb.engine.stats import RunStats, format_stats
+
+    stats = RunStats(["mask", "inpaint"])
+    nan = float("nan")
+    batches = ((["a", "a"], [900.0, 950.0], [12.5, 12.5]), (["b", "a"], [1200.0, 800.0], [nan, nan]))
+    for nodes, rss, setup in batches:
+        stats.add({"image_path": np.array(["x.png", ""], dtype=object), "kept": np.array([True, False]),
+                   "prune_reason": np.array(["", "no_mask"], dtype=object),
+                   "t_inpaint": np.array([2.0, 4.0]), "node_inpaint": np.array(nodes, dtype=object),
+                   "rss_inpaint": np.array(rss), "setup_inpaint": np.array(setup)})
+    stats.finish([], {"a": "aaaa (raydbb-stages=inpaint)", "b": "bbbb (lost)"})
+    summary = stats.summary()
+    assert summary["stages"]["inpaint"] == {"s_per_row": 3.0, "rows_per_busy_s": 1 / 3.0, "load_s": 12.5,
+                                            "peak_rss_mib": 1200.0}
+    assert summary["nodes"] == {"inpaint": {"aaaa (raydbb-stages=inpaint)": 3, "bbbb (lost)": 1}}
+    lines = format_stats(summary)
+    assert "    inpaint       3000.0 ms/row       0.33 rows/s  model load 12.5 s  peak RSS 1200 MiB" in lines
+    assert lines[-1] == "    inpaint    aaaa (raydbb-stages=inpaint): 3, bbbb (lost): 1"
