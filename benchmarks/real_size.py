@@ -235,6 +235,13 @@ def overrides(root: Path, models: dict[str, Path], steps: int, invert_steps: int
     ]
 
 
+def json_output(text: str) -> Any:
+    """The JSON document a ``--json`` command printed last (log lines may come before it)."""
+    lines = text.splitlines()
+    start = max(i for i, line in enumerate(lines) if line in ("{", "[") or line.startswith(("{\"", "[{")))
+    return json.loads("\n".join(lines[start:]))
+
+
 def check_manifest(root: Path) -> dict[str, Any]:
     """One row per sample; each repaint at its source's size; each mask at its source's size."""
     from PIL import Image
@@ -274,9 +281,11 @@ def measure(images: int, steps: int, invert_steps: int) -> dict[str, Any]:
     cfg = ["--config", str(JOB_CONFIG), *overrides(work, models, steps, invert_steps)]
     inv_out, inv_wall, inv_mem = run_command([*base, "invert", *cfg, "--no-progress", "--json"])
     gen_out, gen_wall, gen_mem = run_command([*base, "generate", *cfg, "--no-progress", "--json"])
-    summary = json.loads(gen_out[gen_out.index("{"):])
-    return {"params": params, "invert": {"wall_s": inv_wall, "memory": inv_mem,
-                                         "result": json.loads(inv_out[inv_out.index("["):])},
+    (work / "invert.out").write_text(inv_out)
+    (work / "generate.out").write_text(gen_out)
+    summary = json_output(gen_out)
+    invert = {"wall_s": inv_wall, "memory": inv_mem, "result": json_output(inv_out)}
+    return {"params": params, "invert": invert,
             "generate": {"wall_s": gen_wall, "memory": gen_mem, "summary": summary},
             "manifest": check_manifest(work), "images": images, "steps": steps, "invert_steps": invert_steps}
 
@@ -308,7 +317,7 @@ def report(r: dict[str, Any], info: dict[str, Any], load: list[float]) -> str:
     inv_peak = max((v for k, v in inv["memory"].items() if k != "driver"), default=float("nan"))
     m = r["manifest"]
     return "\n".join([
-        section_header("Real-size models on CPU: SD-2 inpainting, GroundingDINO-tiny, SAM ViT-B, "
+        section_header("8. Real-size models on CPU: SD-2 inpainting, GroundingDINO-tiny, SAM ViT-B, "
                        "ResNet-50", COMMAND, info, load),
         f"Random weights in folders built from the published configurations (no download), run through "
         f"`raydbb invert` and `raydbb generate` with `jobs/configs/waterbirds.yaml` on {r['images']} "

@@ -293,3 +293,14 @@ def test_generate_without_progress_bars_logs_its_progress(sources, tmp_path, cap
     total = len(_expected_ids(sources))
     assert summary["written"] == total  # the truncated image's rows are recorded skips
     assert lines and lines[-1] == f"generate: {total}/{total} samples"
+
+
+def test_device_cpu_keeps_gpu_requests_but_runs_models_on_cpu():
+    from raydbb.engine.executor import arrange
+
+    gpu = StageResources(num_gpus=0.5)
+    assert Stage(gpu).device == "cuda"  # a GPU request means CUDA by default
+    stages = arrange([Stage(gpu), Stage(StageResources())], "pools", StageResources(), "generate.fused",
+                     device="cpu")
+    assert [s.device for s in stages] == ["cpu", "cpu"]
+    assert stages[0].resources.num_gpus == 0.5  # still asked of Ray, so placed on a GPU node
