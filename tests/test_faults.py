@@ -214,9 +214,9 @@ def test_invert_killed_after_a_checkpoint_resumes_to_the_same_embedding(tmp_path
     _wait_for(lambda: any(tokens.glob("checkpoint-*")), proc, log)
     _kill_group(proc)
     assert not (tokens / "learned_embeds.safetensors").exists()
-    _run(args(out), tmp_path / "rerun.log")
-    rerun = (tmp_path / "rerun.log").read_text() + (tmp_path / "rerun.err").read_text()
-    assert "resuming at step" in rerun
+    _run([*args(out), "--json"], tmp_path / "rerun.log")
+    assert "resuming at step" in (tmp_path / "rerun.err").read_text()  # progress on stderr
+    assert json.loads((tmp_path / "rerun.log").read_text())[0]["status"] == "trained"  # stdout: the JSON
     want, got = (load_file(str(p / "tokens" / "landbird" / "learned_embeds.safetensors"))
                  for p in (tmp_path / "reference", out))
     assert torch.equal(got["<landbird-causal>"], want["<landbird-causal>"])

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -204,7 +205,13 @@ def plan_jobs(
     return jobs
 
 
-def invert_class(job: ClassJob, report: Callable[[str], None] = print) -> dict[str, Any]:
+def report_progress(line: str) -> None:
+    """Progress on stderr: stdout is the command's result (``raydbb invert --json``), and Ray
+    forwards a task's stderr to the driver's stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def invert_class(job: ClassJob, report: Callable[[str], None] = report_progress) -> dict[str, Any]:
     """Learn the token of one class, resuming from its last checkpoint; returns a summary.
 
     A class whose ``token.json`` says it finished (with the same settings) is skipped.
