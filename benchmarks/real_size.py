@@ -259,13 +259,15 @@ def check_manifest(root: Path) -> dict[str, Any]:
             same_size += 1
         if row.mask_path and Image.open(run / row.mask_path).size == want:
             masks_ok += 1
+    coverage = [float(np.mean(np.asarray(Image.open(run / p)) > 0)) for p in rows["mask_path"] if p]
     generated = int((rows["image_path"] != "").sum())
     with_mask = int((rows["mask_path"] != "").sum())
     if not rows["sample_id"].is_unique or same_size != generated or masks_ok != with_mask:
         raise SystemExit(f"manifest check failed: {len(rows)} rows, {same_size}/{generated} repaints and "
                          f"{masks_ok} masks at their source's size")
     return {"rows": len(rows), "generated": generated, "kept": int(rows["kept"].sum()),
-            "repaints at source size": f"{same_size}/{generated}", "masks at source size": masks_ok}
+            "repaints at source size": f"{same_size}/{generated}", "masks at source size": masks_ok,
+            "mask coverage": float(np.mean(coverage)) if coverage else 0.0}
 
 
 def measure(images: int, steps: int, invert_steps: int) -> dict[str, Any]:
@@ -327,9 +329,10 @@ def report(r: dict[str, Any], info: dict[str, Any], load: list[float]) -> str:
         markdown_table(model_rows),
         f"`raydbb generate` (pools layout) finished in {r['generate']['wall_s']:.0f} s: {m['rows']} manifest "
         f"rows, {m['generated']} repaints, {m['kept']} kept; repaints at their source's size "
-        f"{m['repaints at source size']}, masks at their source's size {m['masks at source size']}. Per "
-        "stage (model load = the actor's `setup()`; peak RSS = the actor process's high-water mark; s per "
-        "row while busy):\n",
+        f"{m['repaints at source size']}, masks at their source's size {m['masks at source size']} "
+        f"(random detector and segmenter weights: the masks cover {100 * m['mask coverage']:.0f} % of the "
+        "frame on average, so the figures are for whole-image repaints). Per stage (model load = the "
+        "actor's `setup()`; peak RSS = the actor process's high-water mark; s per row while busy):\n",
         markdown_table(stage_rows),
         f"`raydbb invert` at 512 px ({r['invert_steps']} steps per class, both classes) finished in "
         f"{inv['wall_s']:.0f} s (pool masks with GroundingDINO + SAM, then the token steps through the "
