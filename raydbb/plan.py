@@ -257,6 +257,28 @@ def check_inpainter(name: str, field_name: str = "inpaint.model") -> str | None:
     return None
 
 
+def initializer_problems(cfg: RaydbbConfig, class_names: list[str]) -> list[str]:
+    """One line per class whose token would have no one-token initializer word in the inpainter's
+    tokenizer (``raydbb invert`` would stop there), read from the tokenizer files only."""
+    folder, problem = locate_model(cfg.inpaint.model, "inpaint.model", "tokenizer/vocab.json")
+    if problem or folder is None or not (folder / "tokenizer").is_dir():
+        return []  # the inpainter check reports it, or the hub has it: invert checks at its start
+    from transformers import CLIPTokenizer
+
+    from raydbb.ddb.inversion.run import resolve_initializer
+    from raydbb.models.inpaint_pipeline import transformers_errors_only
+
+    with transformers_errors_only():
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+    problems = []
+    for name in cfg.invert.classes or class_names:
+        try:
+            resolve_initializer(name, cfg.invert.initializer, tokenizer)
+        except RaydbbError as err:
+            problems.append(str(err))
+    return problems
+
+
 def check_transformers_model(name: str, field_name: str) -> str | None:
     folder, problem = locate_model(name, field_name, "config.json")
     if problem or folder is None:
@@ -354,6 +376,8 @@ def dry_run(cfg: RaydbbConfig, command: str = "pipeline", steps: list[str] | Non
         plan.lines.append(f"inpainter: {cfg.inpaint.model}" + (" (configs read)" if not problem else ""))
         if problem:
             plan.problems.append(problem)
+        elif "invert" in names and data:
+            plan.problems += initializer_problems(cfg, class_names)
         if cfg.mask.source == "text":
             for fname in ("mask.detector", "mask.segmenter"):
                 model = getattr(cfg.mask, fname.split(".")[1])

@@ -18,7 +18,8 @@ PACKAGED = "inpaint.model=package:synthetic_inpainter"
 def tiny(tmp_path: Path) -> list[str]:
     return [f"out={tmp_path / 'out'}", "data.name=synthetic", f"data.root={tmp_path / 'data'}", PACKAGED,
             "ray.num_cpus=4", "select.fraction=0.1", "inpaint.n_variants=2",
-            "inpaint.resources={actors: 2, num_cpus: 1, batch_size: 4}"]
+            "inpaint.resources={actors: 2, num_cpus: 1, batch_size: 4}",
+            "invert.initializer={landbird: bird, waterbird: bird}"]
 
 
 RAY_WAS_RUNNING: list[bool] = []
@@ -78,10 +79,24 @@ def test_shipped_configs_on_a_fresh_clone(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["generate", "--config", str(CONFIGS / "synthetic.yaml"), "--dry-run", PACKAGED]) == 0
     assert "no problem found" in capsys.readouterr().out
+    assert main(["invert", "--config", str(CONFIGS / "synthetic.yaml"), "--dry-run"]) == 0
+    capsys.readouterr()
     assert main(["generate", "--config", str(CONFIGS / "waterbirds.yaml"), "--dry-run"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert any("/data/waterbird_complete95_forest2water2" in line and "not a folder" in line for line in err)
     nothing_started(tmp_path)
+
+
+def test_a_class_name_of_two_tokens_without_an_initializer_is_a_problem(tmp_path, capsys):
+    work = tmp_path / "w"
+    work.mkdir()
+    assert main(["invert", "--dry-run", *tiny(work), "invert.initializer=null"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["raydbb: dry run: class 'landbird': no single-token initializer ('landbird' splits into "
+                   "['land', 'bird</w>']); set invert.initializer.landbird=<one-token noun>, e.g. 'bird'",
+                   "raydbb: dry run: class 'waterbird': no single-token initializer ('waterbird' splits into "
+                   "['water', 'bird</w>']); set invert.initializer.waterbird=<one-token noun>, e.g. 'bird'"]
+    nothing_started(work)
 
 
 def test_demo_and_job_entrypoints_dry_run(tmp_path, capsys):
