@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import shlex
 import shutil
 import sys
@@ -204,6 +205,8 @@ def submit_when_ready(submit: Callable[[], str], wait_s: float = 60.0, poll_s: f
 
 
 async def _tail(client: Any, job_id: str) -> None:
+    # The SDK logs "WebSocket closed ... close code 1000" when a job's log stream ends normally.
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
     async for chunk in client.tail_job_logs(job_id):
         print(chunk, end="", flush=True)
 
