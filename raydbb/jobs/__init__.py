@@ -34,7 +34,9 @@ def build_parser(step: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--on-change", choices=["rerun", "refuse"], default="rerun",
                         help="a finished step whose inputs changed: move its outputs to OUT/.stale and "
                              "run it again (default), or stop with the list of changed fields")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (cleaner job logs)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars, a line per tenth of each long step instead; the default "
+                             "when stderr is not a terminal (a Ray job's log)")
     from raydbb.plan import add_dry_run_arg
 
     add_dry_run_arg(parser)
@@ -55,7 +57,8 @@ def main(step: str | None = None, argv: list[str] | None = None) -> int:
             from raydbb.plan import run_dry
 
             return run_dry(cfg, "pipeline", steps=steps)
-        results = run_steps(cfg, steps, progress=not args.no_progress, on_change=args.on_change)
+        progress = not args.no_progress and sys.stderr.isatty()  # bars in a log file are noise
+        results = run_steps(cfg, steps, progress=progress, on_change=args.on_change)
     except RaydbbError as err:
         print(f"raydbb: error: {err}", file=sys.stderr)
         return 2
