@@ -31,6 +31,8 @@ from typing import Any
 
 from raydbb.assets import resolve_packaged
 from raydbb.config import RaydbbConfig, StageResources
+from raydbb.engine.placement import Node, placement_problems
+from raydbb.engine.stage import Stage
 from raydbb.errors import RaydbbError
 from raydbb.rundir import RunDir
 
@@ -43,13 +45,14 @@ COMMAND_STEPS = {"generate": ["generate"], "invert": ["invert"], "train-erm": ["
 
 @dataclass
 class Resources:
-    """What the run may use: total CPUs and GPUs, the largest node's, and where that was read."""
+    """The nodes the run may use and where they were read."""
 
     where: str
-    cpus: float | None
-    gpus: float | None
-    node_cpus: float | None = None
-    node_gpus: float | None = None
+    nodes: list[Node]
+
+    @property
+    def gpus(self) -> float:
+        return sum(n.gpus for n in self.nodes)
 
 
 @dataclass
@@ -83,7 +86,7 @@ def local_resources(cfg: RaydbbConfig) -> Resources:
     cpus = float(cfg.ray.num_cpus or os.cpu_count() or 1)
     gpus = float(local_gpus())
     where = f"this machine ({cpus:g} CPUs{' from ray.num_cpus' if cfg.ray.num_cpus else ''}, {gpus:g} GPUs)"
-    return Resources(where, cpus, gpus, cpus, gpus)
+    return Resources(where, [Node("local", cpus, gpus)])
 
 
 def cluster_resources(address: str, timeout: float = 5.0) -> Resources:
@@ -96,13 +99,15 @@ def cluster_resources(address: str, timeout: float = 5.0) -> Resources:
         raise RaydbbError(f"cannot reach the Ray dashboard at {address} ({err})") from None
     nodes = doc.get("data", {}).get("result", {})
     nodes = nodes.get("result", []) if isinstance(nodes, dict) else nodes
-    alive = [n.get("resources_total", {}) for n in nodes if n.get("state", "ALIVE") == "ALIVE"]
+    alive = [n for n in nodes if n.get("state", "ALIVE") == "ALIVE"]
     if not alive:
         raise RaydbbError(f"the Ray dashboard at {address} lists no alive node")
-    cpus = [float(n.get("CPU", 0)) for n in alive]
-    gpus = [float(n.get("GPU", 0)) for n in alive]
-    where = f"the cluster at {address} ({len(alive)} nodes, {sum(cpus):g} CPUs, {sum(gpus):g} GPUs)"
-    return Resources(where, sum(cpus), sum(gpus), max(cpus), max(gpus))
+    found = [Node(str(n.get("node_id", i)), float(n.get("resources_total", {}).get("CPU", 0)),
+                  float(n.get("resources_total", {}).get("GPU", 0)), dict(n.get("labels") or {}))
+             for i, n in enumerate(alive)]
+    where = (f"the cluster at {address} ({len(alive)} nodes, {sum(n.cpus for n in found):g} CPUs, "
+             f"{sum(n.gpus for n in found):g} GPUs)")
+    return Resources(where, found)
 
 
 # ---------------------------------------------------------------------------------- stages
@@ -117,6 +122,7 @@ class StagePlan:
     num_cpus: float
     num_gpus: float
     batch: int | None = None
+    node_labels: tuple[tuple[str, str], ...] = ()
 
     def line(self) -> str:
         who = f"{self.actors} actors" if self.actors else "tasks"
@@ -126,7 +132,8 @@ class StagePlan:
 
 
 def _pool(step: str, stage: str, name: str, r: StageResources, tasks: bool = False) -> StagePlan:
-    return StagePlan(step, stage, name, 0 if tasks else r.actors, r.num_cpus, r.num_gpus, r.batch_size)
+    return StagePlan(step, stage, name, 0 if tasks else r.actors, r.num_cpus, r.num_gpus, r.batch_size,
+                     tuple(sorted(r.node_labels.items())))
 
 
 def stage_plans(cfg: RaydbbConfig, step: str, n_classes: int) -> list[StagePlan]:
@@ -161,36 +168,42 @@ def stage_plans(cfg: RaydbbConfig, step: str, n_classes: int) -> list[StagePlan]
 
 
 def check_resources(plans: list[StagePlan], res: Resources, device: str, use_gpu: bool) -> list[str]:
-    """One line per stage (or set of concurrent pools) that cannot be placed on ``res``."""
+    """One line per stage that cannot be placed on ``res``: GPUs asked of a machine without any, or
+    pools (and the tasks beside them) that the nodes cannot hold at once."""
     problems = []
-    if res.gpus is not None and res.gpus == 0:
+    if res.gpus == 0:  # one line for the device, one for every stage that asks GPUs
         if device == "cuda":
             problems.append(f"device=cuda but {res.where} has no GPU")
         if use_gpu:
             problems.append(f"train.use_gpu=true but {res.where} has no GPU")
-    if res.gpus == 0:  # one line for every stage that asks GPUs of a machine without any
         asking = sorted({p.field for p in plans if p.num_gpus > 0})
         if asking:
             problems.append(f"{', '.join(asking)} ask GPUs; {res.where} has none")
         plans = [p for p in plans if p.num_gpus == 0]
-    for p in plans:
-        n = max(p.actors, 1)
-        if res.node_gpus is not None and p.num_gpus > res.node_gpus:
-            problems.append(f"{p.field}: {p.stage} asks {p.num_gpus:g} GPUs per actor; the largest node of "
-                            f"{res.where} has {res.node_gpus:g}")
-        elif res.gpus is not None and p.num_gpus * n > res.gpus:
-            problems.append(f"{p.field}: {p.stage} asks {n} x {p.num_gpus:g} GPUs; "
-                            f"{res.where} has {res.gpus:g}")
-        if res.node_cpus is not None and p.num_cpus > res.node_cpus:
-            problems.append(f"{p.field}: {p.stage} asks {p.num_cpus:g} CPUs per actor; the largest node of "
-                            f"{res.where} has {res.node_cpus:g}")
-    pools = [p for p in plans if p.step == "generate" and p.actors and p.stage != "score"]
-    for kind, need, have in (("CPUs", sum(p.actors * p.num_cpus for p in pools), res.cpus),
-                             ("GPUs", sum(p.actors * p.num_gpus for p in pools), res.gpus)):
-        if have is not None and have > 0 and need > have and len(pools) > 1:
-            problems.append(f"generate: the actor pools together ask {need:g} {kind} "
-                            f"({', '.join(p.stage for p in pools)}); {res.where} has {have:g}")
-    return problems
+    return problems + _packing_problems(plans, res.nodes)
+
+
+def _packing_problems(plans: list[StagePlan], nodes: list[Node]) -> list[str]:
+    """:func:`raydbb.engine.placement.placement_problems` for each pass that runs its pools at once
+    (the scoring pass, then generation; a training or inversion step alone), naming config fields."""
+    def stand_in(p: StagePlan) -> Stage:
+        stage = Stage(StageResources(actors=max(p.actors, 1), num_cpus=p.num_cpus, num_gpus=p.num_gpus,
+                                     node_labels=dict(p.node_labels)))
+        stage.name, stage.stateful = p.stage, p.actors > 0
+        return stage
+
+    passes: dict[tuple[str, bool], list[StagePlan]] = {}
+    for p in plans:  # the scoring pass runs before the generation pools, never beside them
+        passes.setdefault((p.step, p.stage == "score"), []).append(p)
+    problems = []
+    for group in passes.values():
+        if group[0].stage == "score":
+            group = group + [p for p in plans if p.step == group[0].step and p.stage == "load"]
+        fields = {p.stage: p.field for p in group}
+        for line in placement_problems([stand_in(p) for p in group], nodes):
+            stage = line.split(":", 1)[0].removeprefix("stage ")
+            problems.append(f"{fields.get(stage, stage)}: {line}")
+    return list(dict.fromkeys(problems))
 
 
 # ---------------------------------------------------------------------------------- models

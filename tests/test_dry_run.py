@@ -8,6 +8,7 @@ import pytest
 
 from raydbb.cli import main
 from raydbb.config import load_config
+from raydbb.engine.placement import Node
 from raydbb.plan import Resources, check_resources, dry_run, stage_plans
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +18,7 @@ PACKAGED = "inpaint.model=package:synthetic_inpainter"
 
 def tiny(tmp_path: Path) -> list[str]:
     return [f"out={tmp_path / 'out'}", "data.name=synthetic", f"data.root={tmp_path / 'data'}", PACKAGED,
-            "ray.num_cpus=4", "select.fraction=0.1", "inpaint.n_variants=2",
+            "ray.num_cpus=5", "select.fraction=0.1", "inpaint.n_variants=2",
             "inpaint.resources={actors: 2, num_cpus: 1, batch_size: 4}",
             "invert.initializer={landbird: bird, waterbird: bird}"]
 
@@ -62,7 +63,7 @@ def test_a_valid_config_plans_and_exits_0(command, tmp_path, capsys):
 def test_every_problem_is_one_line_and_exit_2(tmp_path, capsys):
     args = ["generate", "--dry-run", f"out={tmp_path / 'out'}", "data.name=csv",
             f"data.root={tmp_path / 'no_data'}", f"inpaint.model={tmp_path / 'no_model'}",
-            "inpaint.resources.num_gpus=64"]
+            "inpaint.resources.num_gpus=64", "ray.num_cpus=8"]
     assert main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3, lines
@@ -121,20 +122,47 @@ def test_submit_dry_run_reads_the_cluster_or_says_it_cannot(tmp_path, capsys):
 def test_resources_against_a_cluster_of_gpu_nodes():
     cfg = load_config(CONFIGS / "waterbirds.yaml")
     plans = stage_plans(cfg, "generate", 2)
-    node = Resources("a cluster", cpus=64, gpus=8, node_cpus=16, node_gpus=4)
-    assert check_resources(plans, node, "cuda", True) == []
-    small = Resources("one node", cpus=16, gpus=2, node_cpus=16, node_gpus=2)
-    problems = check_resources(plans, small, "cuda", True)
-    assert problems == ["inpaint.resources: inpaint asks 3 x 1 GPUs; one node has 2",
-                        "generate: the actor pools together ask 3.75 GPUs (mask, inpaint, prune); "
-                        "one node has 2"]
+    four = Resources("a cluster", [Node("gpu4", 16, 4), Node("gpu4b", 16, 4)])
+    assert check_resources(plans, four, "cuda", True) == []
+    small = Resources("one node", [Node("gpu2", 16, 2)])
+    assert check_resources(plans, small, "cuda", True) == [
+        "inpaint.resources: stage inpaint: 3 actors x 2 CPU + 1 GPU do not fit the cluster: its alive nodes "
+        "hold 2 next to the other pools (free: gpu2 12 CPU + 0 GPU)",
+        "mask.resources: stage mask: 1 actors x 2 CPU + 0.5 GPU do not fit the cluster: its alive nodes "
+        "hold 0 next to the other pools (free: gpu2 12 CPU + 0 GPU)",
+        "prune.resources: stage prune: 1 actors x 2 CPU + 0.25 GPU do not fit the cluster: its alive nodes "
+        "hold 0 next to the other pools (free: gpu2 12 CPU + 0 GPU)"]
     big = load_config(CONFIGS / "waterbirds.yaml", ["inpaint.resources.num_gpus=8"])
-    assert check_resources(stage_plans(big, "generate", 2), node, "cuda", True)[0] == (
-        "inpaint.resources: inpaint asks 8 GPUs per actor; the largest node of a cluster has 4")
+    assert check_resources(stage_plans(big, "generate", 2), four, "cuda", True)[0].startswith(
+        "inpaint.resources: stage inpaint: 3 actors x 2 CPU + 8 GPU do not fit the cluster: its alive nodes "
+        "hold 0")
 
 
 def test_dry_run_function_collects_and_does_not_raise(tmp_path):
     cfg = load_config(None, [f"out={tmp_path}", "data.name=csv", f"data.root={tmp_path / 'x'}",
                              f"inpaint.model={tmp_path / 'no_model'}"])
-    plan = dry_run(cfg, "generate", resources=Resources("here", 4, 0, 4, 0))
+    plan = dry_run(cfg, "generate", resources=Resources("here", [Node("here", 4, 0)]))
     assert [p.split(":")[0].split("=")[0] for p in plan.problems] == ["data", "inpaint.model"]
+
+
+def test_a_clusters_nodes_and_labels_are_packed_like_the_run_will():
+    """With the nodes known (raydbb submit --dry-run reads them from the dashboard), each pass is
+    packed onto them, labels included: the launcher's plan fits its node types, a ninth 1-GPU
+    inpainting actor does not."""
+    import shlex
+
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "cluster" / "ray-cluster.yaml").read_text())
+    overrides = [w for w in shlex.split(spec["metadata"]["raydbb"]["entrypoint"])
+                 if "=" in w and w.split(".")[0] in ("mask", "prune", "select", "inpaint", "generate")]
+    nodes = [Node(name, t["resources"].get("CPU", 0), t["resources"].get("GPU", 0), t.get("labels", {}))
+             for name, t in spec["available_node_types"].items()]
+    res = Resources("the launcher's node types", nodes)
+    cfg = load_config(CONFIGS / "celeba.yaml", overrides)
+    assert check_resources(stage_plans(cfg, "generate", 2), res, "cuda", False) == []
+    cfg = load_config(CONFIGS / "celeba.yaml", [*overrides, "inpaint.resources.actors=9"])
+    assert check_resources(stage_plans(cfg, "generate", 2), res, "cuda", False) == [
+        "inpaint.resources: stage inpaint: 9 actors x 8 CPU + 1 GPU on nodes labelled raydbb-stages=inpaint "
+        "do not fit the cluster: its alive nodes hold 8 next to the other pools "
+        "(free: gpu_inpa 32 CPU + 0 GPU)"]

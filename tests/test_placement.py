@@ -50,9 +50,10 @@ def test_labels_no_node_carries_and_tasks_left_without_cpus():
     problems = placement_problems([stage("inpaint", 1, 1, 1, {"raydbb-stages": "nowhere"})], cluster())
     assert problems[0].endswith("hold 0 next to the other pools (no alive node carries those labels)")
     one_node = [Node("n1", 2, 0)]
-    problems = placement_problems([stage("mask", 2, 1), stage("write", cpus=0.5, tasks=True)], one_node)
-    assert problems == ["stage write: its tasks need 0.5 CPU that the actor pools leave on no node of the "
-                        "cluster (free: n1 0 CPU + 0 GPU)"]
+    problems = placement_problems([stage("load", cpus=0.5, tasks=True), stage("mask", 2, 1),
+                                   stage("write", cpus=0.5, tasks=True)], one_node)
+    assert problems == ["stage load, write: its tasks need 0.5 CPU that the actor pools leave on no node of "
+                        "the cluster (free: n1 0 CPU + 0 GPU)"]
 
 
 def test_run_summary_counts_nodes_and_keeps_each_stages_peaks():

@@ -66,9 +66,13 @@ def placement_problems(stages: list[Stage], nodes: list[Node]) -> list[str]:
             problems.append(f"stage {stage.name}: {r.actors} actors x {_asks(stage)} do not fit the cluster: "
                             f"its alive nodes hold {placed} next to the other pools "
                             f"({_free(free, r.node_labels)})")
+    # one line for the task stages that share an ask (load, expand and write share generate.io)
+    starved: dict[tuple[str, str], list[str]] = {}
     for stage in (s for s in stages if not s.stateful):
         r = stage.resources
         if not any(n.matches(r.node_labels) and n.cpus >= r.num_cpus - 1e-9 for n in free):
-            problems.append(f"stage {stage.name}: its tasks need {_asks(stage)} that the actor pools leave "
-                            f"on no node of the cluster ({_free(free, r.node_labels)})")
+            starved.setdefault((_asks(stage), _free(free, r.node_labels)), []).append(stage.name)
+    for (asks, room), names in starved.items():
+        problems.append(f"stage {', '.join(names)}: its tasks need {asks} that the actor pools leave "
+                        f"on no node of the cluster ({room})")
     return problems
