@@ -40,7 +40,7 @@ class Fixtures:
     image_size: int
 
 
-def _cached(folder: Path, params: dict[str, Any], build: Callable[[], Any]) -> None:
+def cached_build(folder: Path, params: dict[str, Any], build: Callable[[], Any]) -> None:
     """Run ``build`` (which writes ``folder``) unless ``folder`` holds a build with ``params``."""
     marker = folder / "bench_fixture.json"
     if marker.is_file() and json.loads(marker.read_text()) == params:
@@ -113,9 +113,10 @@ def build_fixtures(root: Path | None = None, n_train: int = 1000, image_size: in
     synthetic_data(fx.data, seed=0, n_train=n_train, n_val=8, n_test=8, size=image_size, progress=False)
     data_params = json.loads((fx.data / "synthetic.json").read_text())
     width, epochs = 16, 2
-    _cached(fx.classifier, {"image_size": image_size, "width": width, "epochs": epochs, "data": data_params},
-            lambda: train_demo_classifier(fx.data, fx.classifier, image_size, width, epochs))
-    _cached(fx.sd, {"sample_size": sd_sample_size},
-            lambda: build_small_inpaint_pipeline(fx.sd, seed=0, sample_size=sd_sample_size))
-    _cached(base / "langsam", {"langsam": 1}, lambda: build_tiny_langsam(base / "langsam", seed=0))
+    cached_build(fx.classifier,
+                 {"image_size": image_size, "width": width, "epochs": epochs, "data": data_params},
+                 lambda: train_demo_classifier(fx.data, fx.classifier, image_size, width, epochs))
+    cached_build(fx.sd, {"sample_size": sd_sample_size},
+                 lambda: build_small_inpaint_pipeline(fx.sd, seed=0, sample_size=sd_sample_size))
+    cached_build(base / "langsam", {"langsam": 1}, lambda: build_tiny_langsam(base / "langsam", seed=0))
     return fx

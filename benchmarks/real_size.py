@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -37,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.cli import BenchCommand
-from benchmarks.fixtures import CLASS_NAMES, _cached
+from benchmarks.fixtures import CLASS_NAMES, cached_build
 from benchmarks.results import log, markdown_table, section_header
 
 COMMAND = "python -m benchmarks.real_size"
@@ -125,7 +126,7 @@ def build_models(root: Path) -> dict[str, Path]:
     for name, folder in folders.items():
         start = time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
-        _cached(folder, {"model": name, "version": 1}, builders[name])
+        cached_build(folder, {"model": name, "version": 1}, builders[name])
         log(f"{name}: {folder} ({time.perf_counter() - start:.0f} s)")
     return folders
 
@@ -275,8 +276,6 @@ def measure(images: int, steps: int, invert_steps: int) -> dict[str, Any]:
     models = build_models(root)
     params = parameter_counts(models)
     work = root / "bench"
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     write_waterbirds_shaped(work / "data", images)
     base = [sys.executable, "-m", "raydbb.cli"]

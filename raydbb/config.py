@@ -284,17 +284,17 @@ class InvertConfig(Section):
     flip: bool = Field(True, description="random horizontal flips")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         "no", description="UNet/VAE dtype; needs device=cuda")
-
-    @field_validator("mixed_precision", mode="before")
-    @classmethod
-    def _bare_no(cls, value: Any) -> Any:
-        return "no" if value is False else value  # YAML reads a bare `no` as false
     checkpoint_every: int = Field(500, ge=1, description="steps between resumable checkpoints")
     seed: int = 0
     num_gpus: float | None = Field(
         None, ge=0, description="GPUs per class task; None = 1 if device=cuda else 0",
         json_schema_extra=RESOURCE)
     num_cpus: float = Field(1.0, gt=0, description="logical CPUs per class task", json_schema_extra=RESOURCE)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _bare_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML reads a bare `no` as false
 
     @model_validator(mode="after")
     def _templates_name_token_and_class(self) -> InvertConfig:

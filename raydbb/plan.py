@@ -201,8 +201,8 @@ def _packing_problems(plans: list[StagePlan], nodes: list[Node]) -> list[str]:
             group = group + [p for p in plans if p.step == group[0].step and p.stage == "load"]
         fields = {p.stage: p.field for p in group}
         for line in placement_problems([stand_in(p) for p in group], nodes):
-            stage = line.split(":", 1)[0].removeprefix("stage ")
-            problems.append(f"{fields.get(stage, stage)}: {line}")
+            named = line.split(":", 1)[0].removeprefix("stage ").split(", ")  # "stage load, write: ..."
+            problems.append(f"{', '.join(dict.fromkeys(fields.get(s, s) for s in named))}: {line}")
     return list(dict.fromkeys(problems))
 
 

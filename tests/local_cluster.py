@@ -52,6 +52,18 @@ def _resources(cpus: float, gpus: float, labels: dict[str, str] | None) -> list[
     return out
 
 
+def launcher_resource_overrides(launcher: Path) -> list[str]:
+    """The resource overrides (pool sizes, GPUs, node labels) the launcher yaml's job passes in its
+    ``metadata.raydbb.entrypoint``, without the paths, which point at the cluster's shared storage."""
+    import shlex
+
+    import yaml
+
+    words = shlex.split(yaml.safe_load(launcher.read_text())["metadata"]["raydbb"]["entrypoint"])
+    sections = ("mask", "prune", "select", "inpaint", "generate")
+    return [w for w in words if "=" in w and w.split(".")[0] in sections]
+
+
 def stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM, then SIGKILL, the process group ``proc`` leads, until none of it is left."""
     for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):

@@ -149,13 +149,13 @@ def test_a_clusters_nodes_and_labels_are_packed_like_the_run_will():
     """With the nodes known (raydbb submit --dry-run reads them from the dashboard), each pass is
     packed onto them, labels included: the launcher's plan fits its node types, a ninth 1-GPU
     inpainting actor does not."""
-    import shlex
-
     import yaml
 
-    spec = yaml.safe_load((ROOT / "cluster" / "ray-cluster.yaml").read_text())
-    overrides = [w for w in shlex.split(spec["metadata"]["raydbb"]["entrypoint"])
-                 if "=" in w and w.split(".")[0] in ("mask", "prune", "select", "inpaint", "generate")]
+    from tests.local_cluster import launcher_resource_overrides
+
+    launcher = ROOT / "cluster" / "ray-cluster.yaml"
+    spec = yaml.safe_load(launcher.read_text())
+    overrides = launcher_resource_overrides(launcher)
     nodes = [Node(name, t["resources"].get("CPU", 0), t["resources"].get("GPU", 0), t.get("labels", {}))
              for name, t in spec["available_node_types"].items()]
     res = Resources("the launcher's node types", nodes)
@@ -166,3 +166,10 @@ def test_a_clusters_nodes_and_labels_are_packed_like_the_run_will():
         "inpaint.resources: stage inpaint: 9 actors x 8 CPU + 1 GPU on nodes labelled raydbb-stages=inpaint "
         "do not fit the cluster: its alive nodes hold 8 next to the other pools "
         "(free: gpu_inpa 32 CPU + 0 GPU)"]
+
+
+def test_task_stages_left_without_cpus_share_one_line_under_their_config_field():
+    plans = stage_plans(load_config(None, ["ray.num_cpus=3"]), "generate", 2)  # 3 pools x 1 CPU
+    assert check_resources(plans, Resources("here", [Node("local", 3, 0)]), "cpu", False) == [
+        "generate.io: stage load, expand, write: its tasks need 0.25 CPU that the actor pools leave on no "
+        "node of the cluster (free: local 0 CPU + 0 GPU)"]

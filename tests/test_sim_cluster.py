@@ -11,7 +11,6 @@ and ``device: cpu``: every GPU request is kept, the models run on CPU.
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 import yaml
 
 from tests.ddb_run import untrained_inputs
-from tests.local_cluster import LocalCluster
+from tests.local_cluster import LocalCluster, launcher_resource_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "cluster" / "ray-cluster.yaml"
 JOB_CONFIG = REPO / "jobs" / "configs" / "celeba.yaml"
 N_TRAIN = 48  # sources selected: 48 x select.fraction 0.5 = 24 -> 24 samples (2 classes, 1 variant)
-
-
-def cluster_overrides() -> list[str]:
-    """The resource overrides the launcher yaml's job passes (its ``metadata.raydbb.entrypoint``),
-    without the paths, which point at the cluster's shared filesystem."""
-    spec = yaml.safe_load(LAUNCHER.read_text())
-    words = shlex.split(spec["metadata"]["raydbb"]["entrypoint"])
-    return [w for w in words if "=" in w and w.split("=")[0].split(".")[0] in ("mask", "prune", "select",
-                                                                              "inpaint", "generate")]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +71,7 @@ def job_args(models: dict, out: Path, gcs: str, *extra: str) -> list[str]:
     """``raydbb generate`` with the job config, the cluster's overrides and the tiny swaps."""
     return [
         sys.executable, "-m", "raydbb.cli", "generate", "--config", str(JOB_CONFIG), "--no-progress",
-        *cluster_overrides(),
+        *launcher_resource_overrides(LAUNCHER),
         f"out={out}", "device=cpu", f"ray.address={gcs}",
         "data.name=synthetic", f"data.root={models['data']}", f"generate.classifier={models['erm']}",
         "classifier.arch=small_cnn", "classifier.pretrained=false", "classifier.weights=null",

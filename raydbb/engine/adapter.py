@@ -48,7 +48,7 @@ def _recorded_call(stage: Stage, batch: Batch, setup_s: float | None = None) -> 
         out[f"{NODE_PREFIX}{stage.name}"] = np.full(n, ray.get_runtime_context().get_node_id(), dtype=object)
         out[f"{RSS_PREFIX}{stage.name}"] = np.full(n, peak_rss_mib())
         torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        if torch is not None and torch.cuda.is_initialized():
             out[f"{GPU_PREFIX}{stage.name}"] = np.full(n, torch.cuda.max_memory_allocated() / 2**20)
         if setup_s is not None:
             out[f"{SETUP_PREFIX}{stage.name}"] = np.full(n, setup_s)

@@ -22,7 +22,7 @@ from raydbb.config import RayConfig, StageResources
 from raydbb.engine.adapter import auto_block_rows, build_dataset, node_names, run_loop, source_dataset
 from raydbb.engine.chain import ChainStage, stage_names
 from raydbb.engine.manifest import ManifestWriter
-from raydbb.engine.stage import Batch, Stage, run_on_cpu
+from raydbb.engine.stage import Batch, Stage, on_device
 from raydbb.engine.stats import RunStats
 from raydbb.errors import ConfigError, RaydbbError
 from raydbb.progress import TenthsLog
@@ -73,11 +73,10 @@ def arrange(stages: list[Stage], layout: str, pool: StageResources, pool_field: 
             device: str = "cuda") -> list[Stage]:
     """``stages`` as the adapter should map them: unchanged for ``layout=pools``, else one
     :class:`ChainStage` on the pool ``pool`` (the config field ``pool_field``, for errors).
-    ``device="cpu"`` runs every model on CPU, GPU requests or not (:func:`run_on_cpu`)."""
+    ``device="cpu"`` runs every model on CPU, GPU requests or not (:func:`on_device`)."""
     if layout not in LAYOUTS:
         raise ConfigError(f"layout {layout!r}: expected one of {list(LAYOUTS)}")
-    if device == "cpu":
-        run_on_cpu(stages)
+    on_device(stages, device)
     if layout == "pools":
         return stages
     on_gpu = [s.name for s in stages if s.resources.num_gpus > 0]

@@ -39,7 +39,7 @@ class Stage:
 
     name: str = "stage"
     stateful: bool = True
-    #: models on CPU whatever GPUs the stage asks Ray for (``device: cpu``; see :func:`run_on_cpu`)
+    #: models on CPU whatever GPUs the stage asks Ray for (``device: cpu``; see :func:`on_device`)
     cpu_only: bool = False
 
     def __init__(self, resources: StageResources | None = None) -> None:
@@ -72,11 +72,13 @@ class Stage:
         return {"name": self.name, "stateful": self.stateful, **self.resources.model_dump()}
 
 
-def run_on_cpu(stages: list[Stage]) -> list[Stage]:
-    """Mark ``stages`` :attr:`~Stage.cpu_only`: their GPU requests stay (Ray still places them on
-    GPU nodes) but their models run on CPU, e.g. to rehearse a GPU cluster's plan without GPUs."""
-    for stage in stages:
-        stage.cpu_only = True
+def on_device(stages: list[Stage], device: str) -> list[Stage]:
+    """Apply the run's ``device``: with ``"cpu"`` mark ``stages`` :attr:`~Stage.cpu_only` (their GPU
+    requests stay, so Ray still places them on GPU nodes, but their models run on CPU, e.g. to
+    rehearse a GPU cluster's plan without GPUs); with ``"cuda"`` a stage uses CUDA when it asks GPUs."""
+    if device == "cpu":
+        for stage in stages:
+            stage.cpu_only = True
     return stages
 
 

@@ -52,11 +52,11 @@ class RunStats:
                 counts = self.stage_nodes.setdefault(key[len(NODE_PREFIX):], {})
                 for node in col:
                     counts[str(node)] = counts.get(str(node), 0) + 1
-            for prefix, name in PEAKS.items():
-                values = np.asarray(col, dtype=np.float64) if key.startswith(prefix) else np.empty(0)
+            elif prefix := next((p for p in PEAKS if key.startswith(p)), None):
+                values = np.asarray(col, dtype=np.float64)
                 if np.isfinite(values).any():
                     peaks = self.peaks.setdefault(key[len(prefix):], {})
-                    peaks[name] = max(peaks.get(name, 0.0), float(np.nanmax(values)))
+                    peaks[PEAKS[prefix]] = max(peaks.get(PEAKS[prefix], 0.0), float(np.nanmax(values)))
         return n
 
     def finish(self, parts: list[Path], node_names: dict[str, str] | None = None) -> None:

@@ -94,7 +94,7 @@ def _pool_masks(cfg: RaydbbConfig, class_names: list[str], frames: dict[str, pd.
     from raydbb.ddb.generate import classifier_dir
     from raydbb.ddb.stages.mask import MaskStage
     from raydbb.engine.executor import execute, start_engine
-    from raydbb.engine.stage import run_on_cpu
+    from raydbb.engine.stage import on_device
     from raydbb.engine.stages.load import LoadStage, source_rows
 
     folder = RunDir(cfg.out).pool_masks
@@ -107,9 +107,8 @@ def _pool_masks(cfg: RaydbbConfig, class_names: list[str], frames: dict[str, pd.
     todo = rows[~rows["sample_id"].isin(done)]
     if len(todo):
         ckpt = classifier_dir(cfg, cfg.generate.classifier) if cfg.mask.source == "attribution" else None
-        stages = [LoadStage(cfg.generate.io), MaskStage(cfg.mask, class_names, checkpoint_dir=ckpt)]
-        if cfg.device == "cpu":
-            run_on_cpu(stages)
+        mask = MaskStage(cfg.mask, class_names, checkpoint_dir=ckpt)
+        stages = on_device([LoadStage(cfg.generate.io), mask], cfg.device)
         start_engine(engine, cfg.ray)
         frame = todo.assign(split="train", mask=[m or None for m in todo["mask"]])
         for batch in execute(stages, source_rows(frame), engine):
