@@ -225,7 +225,7 @@ def load_judge(root: Path, n: int = 10000, epochs: int = 6) -> tuple[RegionJudge
     """The region judge, trained once and cached under ``root``; also its held-out accuracy."""
     path = root / f"region_judge3_s{JUDGE_SEED}_n{n}_e{epochs}.pt"
     if path.is_file():
-        blob = torch.load(path, weights_only=False)
+        blob = torch.load(path, weights_only=True)
         net = judge_net()
         net.load_state_dict(blob["state"])
         return RegionJudge(net), blob["info"]

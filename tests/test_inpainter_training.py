@@ -113,6 +113,24 @@ def test_same_seed_same_weights_other_seed_other_weights(records, tmp_path):
         assert not all(torch.equal(sa[k], sc[k]) for k in sa), part
 
 
+def test_init_trains_a_model_further_keeping_its_vae(records, tmp_path):
+    first = train_inpainter(records, tmp_path / "first", tiny_spec(), progress=False)
+    more = train_inpainter(records, tmp_path / "more", tiny_spec(unet_steps=4), progress=False, init=first)
+    # The latent space stays: VAE weights and scaling factor are the first model's, bit for bit.
+    assert all(torch.equal(v, state(more, "vae")[k]) for k, v in state(first, "vae").items())
+    record, first_record = (json.loads((m / TRAINING_RECORD).read_text()) for m in (more, first))
+    assert record["scaling_factor"] == first_record["scaling_factor"]
+    assert record["vae_loss_start_end"] is None and record["spec"]["unet_steps"] == 4
+    assert record["init"] == {"model": str(first), "record": first_record}
+    unet_first, unet_more = state(first, "unet"), state(more, "unet")
+    assert not all(torch.equal(unet_first[k], unet_more[k]) for k in unet_first)
+    bigger = dict(TINY, block_channels=(16, 48))
+    with pytest.raises(ConfigError, match=r"--init .*sizes differ from this spec's in block_channels$"):
+        train_inpainter(records, tmp_path / "x", tiny_spec(sizes=bigger), progress=False, init=first)
+    with pytest.raises(ConfigError, match="expected a folder written by train-inpainter"):
+        train_inpainter(records, tmp_path / "y", tiny_spec(), progress=False, init=tmp_path / "nowhere")
+
+
 def test_sampling_weights_balance_groups_or_classes():
     labels = np.array([0, 0, 0, 1])
     groups = np.array([0, 0, 1, 3])

@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="pipeline folder to write")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --out (only once the new model is complete)")
+    parser.add_argument("--init", metavar="DIR",
+                        help="a model this command wrote, to train further: its VAE and tokenizer are "
+                             "kept and the UNet + text encoder continue for --steps more steps")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
     parser.add_argument("--steps", type=int, default=defaults.unet_steps, metavar="N",
                         help="UNet + text encoder optimiser steps (default %(default)s)")
@@ -92,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, lr=args.lr, balance=args.balance, corpus=args.corpus,
                          corpus_n=args.n, corpus_seed=args.corpus_seed, corpus_colours=args.colours)
     records = load_records(DataConfig(name=args.dataset, root=args.data)) if args.data else None
-    out = train_inpainter(records, args.out, spec, progress=not args.no_progress, overwrite=args.overwrite)
+    out = train_inpainter(records, args.out, spec, progress=not args.no_progress, overwrite=args.overwrite,
+                          init=args.init)
     record = json.loads((out / TRAINING_RECORD).read_text())
     print(f"wrote {out} (VAE {record['seconds']['vae']:.0f} s, UNet {record['seconds']['unet']:.0f} s; "
           f"UNet loss {record['unet_loss_start_end'][0]:.3f} -> {record['unet_loss_start_end'][1]:.3f})")

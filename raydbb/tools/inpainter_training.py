@@ -66,6 +66,7 @@ from raydbb.data.records import UNKNOWN, RecordSet
 from raydbb.ddb.stages.inpaint import fill_prompt
 from raydbb.ddb.stages.mask import dilate_mask
 from raydbb.errors import ConfigError, DataError
+from raydbb.models.inpaint_pipeline import load_inpaint_pipeline
 from raydbb.models.small_sd import build_clip_tokenizer, make_small_inpaint_pipeline
 from raydbb.models.transforms import mask_to_model, to_model_input
 from raydbb.progress import TenthsLog
@@ -470,7 +471,7 @@ def train_denoiser(pipe: StableDiffusionInpaintPipeline, data: TrainingSet, spec
 
 
 def train_inpainter(records: RecordSet | None, out_dir: str | Path, spec: InpainterSpec | None = None,
-                    progress: bool = True, overwrite: bool = False) -> Path:
+                    progress: bool = True, overwrite: bool = False, init: str | Path | None = None) -> Path:
     """Train the small inpainting pipeline and save it to ``out_dir``.
 
     The data is the pretraining corpus (``spec.corpus == "pretrain"``, the default; ``records``
@@ -481,6 +482,11 @@ def train_inpainter(records: RecordSet | None, out_dir: str | Path, spec: Inpain
     was trained: spec, data, losses, timings). It is built next to ``out_dir`` and moved into place
     when complete; an existing non-empty ``out_dir`` is a :class:`ConfigError` unless ``overwrite``
     (then it is replaced only once the new model is complete). Returns ``out_dir``.
+
+    ``init``: a folder this function wrote earlier, to train further. Its VAE, scaling factor and
+    tokenizer are kept (the latent space must not move under a trained UNet), the VAE phase is
+    skipped, and the UNet + text encoder continue for ``spec.unet_steps`` steps with a fresh
+    learning-rate schedule; its record is nested under ``"init"`` in the new one.
     """
     spec = spec or InpainterSpec()
     out = Path(out_dir)
@@ -497,14 +503,20 @@ def train_inpainter(records: RecordSet | None, out_dir: str | Path, spec: Inpain
         data = load_training_set(records, sizes.image_size, spec.balance, progress=progress)
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(8,)))
     gen = torch.Generator().manual_seed(spec.seed)
+    init_record = _init_record(init, sizes) if init is not None else None
     with build_folder(out) as tmp:
-        tokenizer = build_clip_tokenizer(tmp / "tokenizer")
-        pipe = make_small_inpaint_pipeline(tokenizer, seed=spec.seed, **spec.sizes)
         t0 = time.perf_counter()
-        vae_losses = train_vae(pipe.vae, data, spec, rng, gen, progress)
+        if init_record is None:
+            tokenizer = build_clip_tokenizer(tmp / "tokenizer")
+            pipe = make_small_inpaint_pipeline(tokenizer, seed=spec.seed, **spec.sizes)
+            vae_losses = train_vae(pipe.vae, data, spec, rng, gen, progress)
+        else:
+            pipe = load_inpaint_pipeline(str(init))
+            vae_losses = []
         pipe.vae.requires_grad_(False)
         posterior = encode_all(pipe.vae, data.images)
-        pipe.vae.register_to_config(scaling_factor=latent_scaling_factor(*posterior, gen))
+        if init_record is None:
+            pipe.vae.register_to_config(scaling_factor=latent_scaling_factor(*posterior, gen))
         t1 = time.perf_counter()
         unet_losses = train_denoiser(pipe, data, spec, rng, gen, posterior, progress)
         t2 = time.perf_counter()
@@ -515,15 +527,33 @@ def train_inpainter(records: RecordSet | None, out_dir: str | Path, spec: Inpain
             "spec": dataclasses.asdict(spec),
             "data": _data_record(spec, records, data),
             "scaling_factor": float(pipe.vae.config.scaling_factor),
-            "vae_loss_start_end": loss_start_end(vae_losses),
+            "vae_loss_start_end": loss_start_end(vae_losses) if vae_losses else None,
             "unet_loss_start_end": loss_start_end(unet_losses),
             "seconds": {"vae": round(t1 - t0, 1), "unet": round(t2 - t1, 1)},
             "torch_threads": torch.get_num_threads(),
             "versions": {"torch": torch.__version__, "diffusers": _version("diffusers"),
                          "transformers": _version("transformers"), "python": platform.python_version()},
         }
+        if init_record is not None:
+            record["init"] = {"model": str(init), "record": init_record}
         (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def _init_record(init: str | Path, sizes: Any) -> dict[str, Any]:
+    """The training record of ``init``, after checking it is a model of the same sizes."""
+    folder = Path(init)
+    try:
+        record = json.loads((folder / TRAINING_RECORD).read_text())
+        built = json.loads((folder / SIZES_RECORD).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--init {init}: expected a folder written by train-inpainter "
+                          f"({type(err).__name__}: {err})") from err
+    wanted = json.loads(json.dumps({"seed": built.get("seed"), **dataclasses.asdict(sizes)}))  # tuples -> lists
+    if built != wanted:
+        differ = sorted(k for k in set(built) | set(wanted) if built.get(k) != wanted.get(k) and k != "seed")
+        raise ConfigError(f"--init {init}: its model sizes differ from this spec's in {', '.join(differ)}")
+    return record
 
 
 def loss_start_end(losses: list[float]) -> list[float]:
