@@ -385,7 +385,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     records = load_records(DataConfig(name="synthetic", root=str(data)))
     judge, judge_info = load_judge(root)
-    cfg = InpaintConfig(model=args.model, steps=args.steps, guidance_scale=args.guidance,
+    cfg = InpaintConfig(model=args.model, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
                         resources=StageResources(batch_size=args.batch, model_batch_size=args.batch))
     stage = InpaintStage(cfg, CLASS_NAMES)
     stage.setup()
@@ -417,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="DDIM steps (default %(default)s)")
     parser.add_argument("--guidance", type=float, default=demo.inpaint.guidance_scale,
                         help="classifier-free guidance scale (default %(default)s)")
+    parser.add_argument("--scheduler", default=demo.inpaint.scheduler,
+                        help="diffusers scheduler class (default: the demo's, %(default)s)")
     parser.add_argument("--dilate", type=int, default=demo.mask.dilate,
                         help="mask dilation radius in pixels (default %(default)s)")
     parser.add_argument("--data-seed", type=int, default=0, help="synthetic benchmark seed (default 0)")
