@@ -385,7 +385,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     records = load_records(DataConfig(name="synthetic", root=str(data)))
     judge, judge_info = load_judge(root)
-    cfg = InpaintConfig(model=args.model, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
+    cfg = InpaintConfig(model=args.model, steps=args.steps, guidance_scale=args.guidance,
+                        scheduler=args.scheduler,
                         resources=StageResources(batch_size=args.batch, model_batch_size=args.batch))
     stage = InpaintStage(cfg, CLASS_NAMES)
     stage.setup()

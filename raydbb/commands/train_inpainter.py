@@ -15,9 +15,11 @@ a StableDiffusionInpaintPipeline folder (safetensors) that inpaint.model can poi
 --corpus pretrain (default): the synthetic world's unbiased pretraining corpus (both bird classes
 on land, water, sky, sand, plain and clutter backgrounds, class independent of background, seeds
 disjoint from the benchmark) -- the stand-in for SD-2's pretraining, which never saw the benchmark.
-This is how the inpainter shipped in raydbb/assets was made:
+This is how the inpainter shipped in raydbb/assets was made, in two rounds (--init trains a model
+further: its VAE and tokenizer are kept, the UNet and text encoder continue):
 
-  raydbb train-inpainter --corpus pretrain --n 8000 --steps 6000 \
+  raydbb train-inpainter --n 8000 --steps 6000 --out runs/inpainter-r1 --threads 1
+  raydbb train-inpainter --init runs/inpainter-r1 --n 16000 --steps 6000 \
       --out raydbb/assets/synthetic_inpainter --threads 1 --overwrite
 
 --corpus dataset --data DIR: the TRAIN split of a dataset with object masks instead (rows sampled

@@ -549,7 +549,8 @@ def _init_record(init: str | Path, sizes: Any) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise ConfigError(f"--init {init}: expected a folder written by train-inpainter "
                           f"({type(err).__name__}: {err})") from err
-    wanted = json.loads(json.dumps({"seed": built.get("seed"), **dataclasses.asdict(sizes)}))  # tuples -> lists
+    # Through JSON, so that tuples compare equal to the lists read back.
+    wanted = json.loads(json.dumps({"seed": built.get("seed"), **dataclasses.asdict(sizes)}))
     if built != wanted:
         differ = sorted(k for k in set(built) | set(wanted) if built.get(k) != wanted.get(k) and k != "seed")
         raise ConfigError(f"--init {init}: its model sizes differ from this spec's in {', '.join(differ)}")
