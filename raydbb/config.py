@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
@@ -45,9 +46,16 @@ def _packaged(name: str) -> str:
         raise ValueError(str(err)) from None
 
 
-PackagedOrPath = Annotated[str, AfterValidator(_packaged)]
+def _portable(path: str) -> str:
+    from raydbb.assets import packaged_name
+
+    return packaged_name(path)
+
+
+PackagedOrPath = Annotated[str, AfterValidator(_packaged), PlainSerializer(_portable, when_used="json")]
 """A model name: hub id, local path, or ``package:<name>`` (a model shipped in raydbb/assets,
-resolved to its installed folder when the config is loaded)."""
+resolved to its installed folder when the config is loaded, written back as ``package:<name>`` in
+JSON/YAML dumps so that saved configs and fingerprints do not depend on the install location)."""
 
 RESOURCE = {"resource": True}
 """``json_schema_extra`` of a field that only decides how fast or where a step runs, not what it computes."""

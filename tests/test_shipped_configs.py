@@ -64,3 +64,24 @@ def test_packaged_demo_configs_validate_and_name_only_reachable_paths(tmp_path, 
 def test_placeholder_roots_are_documented():
     text = " ".join((ROOT / "jobs" / "README.md").read_text().split())
     assert "are examples: point them at your storage" in text
+
+
+def test_saved_configs_name_shipped_models_by_package_name_not_install_path(tmp_path):
+    # A run folder's config.yaml and compare's fingerprints must survive reinstalling raydbb
+    # elsewhere (another clone, another venv): shipped models are written as package:<name>.
+    from raydbb.assets import synthetic_inpainter_path
+    from raydbb.compare import fingerprint
+
+    cfg = demo_config(tmp_path / "demo")
+    assert Path(cfg.inpaint.model) == synthetic_inpainter_path()  # resolved for use
+    cfg.to_yaml(tmp_path / "saved.yaml")
+    text = (tmp_path / "saved.yaml").read_text()
+    assert "model: package:synthetic_inpainter\n" in text
+    assert "weights: package:synthetic_backbone/backbone.safetensors\n" in text
+    assert str(synthetic_inpainter_path().parent) not in text
+    assert load_config(tmp_path / "saved.yaml").inpaint.model == cfg.inpaint.model
+    by_path = cfg.model_copy(update={"inpaint": cfg.inpaint.model_copy(
+        update={"model": str(synthetic_inpainter_path())})})
+    assert fingerprint(by_path, "erm", 0, {}) == fingerprint(cfg, "erm", 0, {})
+    other = cfg.model_copy(update={"inpaint": cfg.inpaint.model_copy(update={"model": "/elsewhere/model"})})
+    assert fingerprint(other, "erm", 0, {}) != fingerprint(cfg, "erm", 0, {})

@@ -54,3 +54,19 @@ def resolve_packaged(name: str) -> str:
         raise RaydbbError(f"{name!r}: no such packaged model; expected one of "
                           f"{[PACKAGE_PREFIX + s for s in shipped]}")
     return str(path)
+
+
+def packaged_name(path: str) -> str:
+    """The inverse of :func:`resolve_packaged`: a path inside the installed package's assets ->
+    ``package:<asset>[/<file>]``; anything else unchanged.
+
+    Configs are written and compared in this form, so a run folder, a resume check or a compare
+    fingerprint does not depend on where raydbb happens to be installed.
+    """
+    if path.startswith(PACKAGE_PREFIX) or not Path(path).is_absolute():
+        return path
+    root = Path(__file__).resolve().parent
+    resolved = Path(path).resolve()
+    if root not in resolved.parents:
+        return path
+    return PACKAGE_PREFIX + resolved.relative_to(root).as_posix()
