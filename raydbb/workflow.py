@@ -13,6 +13,13 @@ it ran again — its old outputs are moved to ``OUT/.stale/<time>-<step>/`` (nev
 runs again, and so does everything after it; ``on_change="refuse"`` stops with the list of changed
 fields instead.
 
+The CLI commands ``raydbb train-erm|invert|generate|retrain`` are the same steps run one at a time
+(:func:`run_command`): they write and honour the same markers, so a folder started by hand can be
+finished by ``python -m raydbb.jobs.pipeline`` and the other way round. A command whose step is out
+of date runs it again in place (``on_change="resume"``): the step's own code then resumes
+(generation skips the samples already in the manifest, inversion restarts from its checkpoints) or
+refuses (generation with other settings, unless ``--allow-changed``).
+
 The resolved config (every default spelled out, ``inpaint.tokens_dir`` pointed at ``OUT/tokens``)
 is written to ``OUT/config.yaml``.
 """
@@ -25,7 +32,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,14 +106,19 @@ def _generate(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
     return summary
 
 
+def retrain_summary(result: Any) -> dict[str, Any]:
+    """The marker summary of a retraining run (a :class:`~raydbb.ddb.retrain.run.RetrainResult`)."""
+    return {"checkpoint": str(result.checkpoint_dir), "mode": result.run["mode"],
+            "best_epoch": result.run["best_epoch"], "repaints": result.run["repaints"],
+            "worst_group_accuracy": {s: m["worst_group_accuracy"] for s, m in result.metrics.items()}}
+
+
 def _retrain(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
     from raydbb.ddb.retrain.run import run_retrain
 
     result = run_retrain(cfg, progress=progress)
     print(result.table())
-    return {"checkpoint": str(result.checkpoint_dir), "best_epoch": result.run["best_epoch"],
-            "repaints": result.run["repaints"],
-            "worst_group_accuracy": {s: m["worst_group_accuracy"] for s, m in result.metrics.items()}}
+    return retrain_summary(result)
 
 
 def _evaluate(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
@@ -178,11 +190,14 @@ def _inside(path: Path, root: str | Path) -> bool:
 # Which steps a config runs, and with which inputs
 
 
-def resolve_config(cfg: RaydbbConfig) -> RaydbbConfig:
-    """A copy of ``cfg`` with what the pipeline decides filled in: ``inpaint.tokens_dir`` = OUT/tokens."""
+def resolve_config(cfg: RaydbbConfig, *, tokens_learned_here: bool = True) -> RaydbbConfig:
+    """A copy of ``cfg`` with what the pipeline decides filled in: an unset ``inpaint.tokens_dir``
+    becomes OUT/tokens — always for a whole run (its invert step writes them), only when they
+    exist for a single command (``tokens_learned_here=False``: without them prompts name the class)."""
     resolved = cfg.model_copy(deep=True)
-    if resolved.inpaint.tokens_dir is None:
-        resolved.inpaint.tokens_dir = str(RunDir(cfg.out).tokens)
+    tokens = RunDir(cfg.out).tokens
+    if resolved.inpaint.tokens_dir is None and (tokens_learned_here or tokens.is_dir()):
+        resolved.inpaint.tokens_dir = str(tokens)
     return resolved
 
 
@@ -205,9 +220,11 @@ def pipeline_steps(cfg: RaydbbConfig) -> list[Step]:
     return steps
 
 
-def step_inputs(step: Step, cfg: RaydbbConfig) -> dict[str, Any]:
-    """The config values ``step`` depends on, as ``{dotted.field: value}`` (resource fields left out)."""
-    return config_values(cfg, step.inputs)
+def step_inputs(step: Step, cfg: RaydbbConfig, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config values ``step`` depends on, as ``{dotted.field: value}`` (resource fields left out),
+    plus the command-line ``options`` that change its result, as ``option.<name>``."""
+    given = {f"option.{k}": v for k, v in sorted((options or {}).items())}
+    return {**config_values(cfg, step.inputs), **given}
 
 
 def fingerprint(inputs: dict[str, Any], upstream: dict[str, str | None]) -> str:
@@ -289,18 +306,22 @@ def run_steps(
     steps: list[str] | None = None,
     *,
     progress: bool = True,
-    on_change: Literal["rerun", "refuse"] = "rerun",
+    on_change: Literal["rerun", "refuse", "resume"] = "rerun",
     pipeline: list[Step] | None = None,
+    options: dict[str, Any] | None = None,
+    tokens_learned_here: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Run the pipeline of ``cfg`` (or only ``steps`` of it), skipping steps that are already done.
 
     Returns ``{step: {"status": "skipped" | "ran", "seconds": s, "summary": {...}}}`` for the
     steps asked for. See the module docstring for how reruns and config changes are handled.
-    ``pipeline`` replaces :func:`pipeline_steps` (for custom step lists).
+    ``pipeline`` replaces :func:`pipeline_steps` (for custom step lists); ``options`` (command-line
+    choices that change a result, e.g. another manifest) join the inputs of the steps asked for;
+    ``tokens_learned_here`` is passed to :func:`resolve_config`.
     """
-    if on_change not in ("rerun", "refuse"):
-        raise ConfigError(f"on_change={on_change!r}: expected 'rerun' or 'refuse'")
-    cfg = resolve_config(cfg)
+    if on_change not in ("rerun", "refuse", "resume"):
+        raise ConfigError(f"on_change={on_change!r}: expected 'rerun', 'refuse' or 'resume'")
+    cfg = resolve_config(cfg, tokens_learned_here=tokens_learned_here)
     out = Path(cfg.out)
     pipeline = pipeline_steps(cfg) if pipeline is None else pipeline
     wanted = _select(pipeline, steps)
@@ -314,7 +335,7 @@ def run_steps(
         if step.name not in wanted:
             upstream[step.name] = marker["run_id"] if marker else None
             continue
-        inputs = step_inputs(step, cfg)
+        inputs = step_inputs(step, cfg, options)
         fp = fingerprint(inputs, upstream)
         head = f"[{index}/{len(pipeline)}] {step.name}"
         if marker and marker["fingerprint"] == fp and step.done_file(cfg).exists():
@@ -327,8 +348,12 @@ def run_steps(
             if on_change == "refuse":
                 raise RaydbbError(f"step {step.name} in {out} is out of date: {why}; rerun with --on-change "
                                   f"rerun (moves its outputs to {RunDir(out).stale}) or use another out")
-            moved = _archive(step, cfg)
-            print(f"{head}: {why}; " + (f"old outputs moved to {moved}; " if moved else "") + "running again")
+            if on_change == "resume":
+                print(f"{head}: {why}; running it again in place")
+            else:
+                moved = _archive(step, cfg)
+                where = f"old outputs moved to {moved}; " if moved else ""
+                print(f"{head}: {why}; {where}running again")
         print(f"{head}: {step.help}")
         _marker_path(out, step.name).unlink(missing_ok=True)  # not done until it finishes again
         start = time.perf_counter()
@@ -342,3 +367,17 @@ def run_steps(
         results[step.name] = {"status": "ran", "seconds": seconds, "summary": summary}
         upstream[step.name] = marker["run_id"]
     return results
+
+
+def run_command(cfg: RaydbbConfig, step: str, run: Callable[[RaydbbConfig, bool], dict[str, Any]], *,
+                progress: bool = True, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One step of ``cfg``'s pipeline, as a CLI command runs it: ``run`` (the command's call, with its
+    own options bound) in place of the step's, through :func:`run_steps` with ``on_change="resume"``.
+
+    Returns that step's entry of :func:`run_steps` (``status``, ``seconds``, ``summary``). Defaults
+    resolve as for a whole run, except that ``inpaint.tokens_dir`` is only pointed at OUT/tokens
+    when tokens are there (:func:`resolve_config`).
+    """
+    pipeline = [replace(s, run=run) if s.name == step else s for s in pipeline_steps(cfg)]
+    return run_steps(cfg, [step], progress=progress, on_change="resume", pipeline=pipeline,
+                     options=options, tokens_learned_here=False)[step]

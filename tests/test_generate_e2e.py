@@ -80,6 +80,15 @@ def test_generate_end_to_end_then_resume_skips_all(ray_local, setup_run, capsys)
         assert image.shape == source.shape == (32, 32, 3)
         np.testing.assert_array_equal(image[~mask], source[~mask])  # paste-back: only the mask changes
 
+    # A finished run is skipped by its step marker (the one the pipeline runner writes): nothing
+    # is scored again and the summary is the recorded one.
+    marker = json.loads((out / ".steps" / "generate.json").read_text())
+    assert marker["summary"] == summary
+    assert main(["generate", "--config", str(config), "--json", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == summary and "generate: already done" in captured.err
+    # Killed after the last sample but before its marker: the rerun resumes sample by sample.
+    (out / ".steps" / "generate.json").unlink()
     again = _generate(config, capsys)
     assert again["skipped_resume"] == n and again["written"] == 0
     assert len(read_manifest(out)) == n

@@ -19,10 +19,11 @@ Generate counterfactual training images (DDB steps 1, 4, 5, 6) into the run fold
      load -> mask -> expand (one row per other class and variant) -> inpaint -> prune -> write
      PNGs under <out>/images and <out>/masks, Parquet manifest parts under <out>/manifest.
 
-Rerunning the same command into the same `out` resumes: samples already in the manifest are
-skipped (the summary says how many). Resources per stage come from the config
-(mask/inpaint/prune.resources.{actors,num_cpus,num_gpus,batch_size,model_batch_size}); the same
-config runs locally or on a cluster (ray.address or RAY_ADDRESS).
+Rerunning the same command into the same `out` resumes: a finished run is skipped (its step
+marker OUT/.steps/generate.json, the one `python -m raydbb.jobs.pipeline` writes), an interrupted
+one skips the samples already in the manifest (the summary says how many). Resources per stage
+come from the config (mask/inpaint/prune.resources.{actors,num_cpus,num_gpus,batch_size,
+model_batch_size}); the same config runs locally or on a cluster (ray.address or RAY_ADDRESS).
 
 Example:
   raydbb generate --config jobs/configs/synthetic.yaml out=runs/demo inpaint.n_variants=2
@@ -49,9 +50,17 @@ def run(args: argparse.Namespace) -> int:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "generate")
-    from raydbb.ddb.generate import format_summary, run_generate
+    import contextlib
+    import sys
 
-    summary = run_generate(cfg, engine=args.engine, progress=not args.no_progress,
-                           allow_changed=args.allow_changed)
+    from raydbb.ddb.generate import format_summary, run_generate
+    from raydbb.workflow import run_command
+
+    def generate(cfg, progress):
+        return run_generate(cfg, engine=args.engine, progress=progress, allow_changed=args.allow_changed)
+
+    # With --json, stdout carries only the summary: the step runner's lines go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        summary = run_command(cfg, "generate", generate, progress=not args.no_progress)["summary"]
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

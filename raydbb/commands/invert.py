@@ -23,7 +23,9 @@ trains; the UNet, the VAE and the rest of the text encoder stay frozen.
                layout) + token.json (token, initializer, images, loss curve) + checkpoint-<step>/
 
 Classes run as parallel Ray tasks (invert.num_cpus / invert.num_gpus each; one GPU per class when
-device=cuda). A rerun resumes from the last checkpoint and skips finished classes. Point
+device=cuda). A finished run is skipped on rerun (step marker OUT/.steps/invert.json, shared with
+`python -m raydbb.jobs.pipeline`); an interrupted one resumes from the last checkpoint and skips
+finished classes. Point
 generation at the tokens with inpaint.tokens_dir=<out>/tokens.
 
 Example:
@@ -49,13 +51,21 @@ def run(args: argparse.Namespace) -> int:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "invert")
+    import contextlib
+    import sys
     from pathlib import Path
 
     from raydbb.ddb.inversion.run import run_inversion
+    from raydbb.workflow import INVERT, run_command
 
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(Path(cfg.out) / "invert_config.yaml")
-    results = run_inversion(cfg, engine=args.engine, progress=not args.no_progress)
+    def invert(cfg, progress):
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(Path(cfg.out) / "invert_config.yaml")
+        return {"classes": run_inversion(cfg, engine=args.engine, progress=progress)}
+
+    # With --json, stdout carries only the summary: the step runner's lines go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        results = run_command(cfg, INVERT.name, invert, progress=not args.no_progress)["summary"]["classes"]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

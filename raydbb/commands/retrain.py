@@ -34,7 +34,9 @@ Options:
 
 Writes OUT/ddb/: model.safetensors + classifier.json (the selected model), metrics.json (val,
 test: the layout of raydbb evaluate, plus the start model's numbers under run.start_metrics),
-retrain_config.yaml; and prints the group table of the ERM model next to the retrained one.
+retrain_config.yaml; and prints the group table of the ERM model next to the retrained one. A
+rerun with the same config and options is skipped (step marker OUT/.steps/retrain.json, shared
+with `python -m raydbb.jobs.pipeline`).
 
 Examples:
   raydbb retrain --config jobs/configs/synthetic.yaml --manifest runs/demo
@@ -60,12 +62,23 @@ def run(args: argparse.Namespace) -> int:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "retrain", manifest=args.manifest)
+    from pathlib import Path
+
     from raydbb.ddb.retrain.head import fast_retrain
     from raydbb.ddb.retrain.run import run_retrain
+    from raydbb.workflow import RETRAIN, retrain_summary, run_command
 
-    retrain = fast_retrain if args.fast else run_retrain
-    result = retrain(cfg, args.manifest, progress=not args.no_progress)
-    print(result.table())
-    print(f"wrote {result.checkpoint_dir} (metrics.json, {result.run['mode']} retraining, "
-          f"epoch {result.run['best_epoch']} selected by val worst-group accuracy)")
+    def retrain(cfg, progress):
+        result = (fast_retrain if args.fast else run_retrain)(cfg, args.manifest, progress=progress)
+        print(result.table())
+        print(f"wrote {result.checkpoint_dir} (metrics.json, {result.run['mode']} retraining, "
+              f"epoch {result.run['best_epoch']} selected by val worst-group accuracy)")
+        return retrain_summary(result)
+
+    # Choices that change the result join the step's fingerprint, so a rerun with another one runs.
+    options = {"fast": True} if args.fast else {}
+    if args.manifest and Path(args.manifest).resolve() not in (Path(cfg.out).resolve(),
+                                                               (Path(cfg.out) / "manifest").resolve()):
+        options["manifest"] = str(Path(args.manifest).resolve())
+    run_command(cfg, RETRAIN.name, retrain, progress=not args.no_progress, options=options)
     return 0

@@ -18,7 +18,8 @@ Writes to OUT/erm/:
   metrics.json                         val and test: worst_group_accuracy, average_accuracy (all
                                        samples), weighted_average_accuracy (train group
                                        proportions), group_accuracy, group_count; run history
-and prints the per-group table.
+and prints the per-group table. A rerun with the same config is skipped (step marker
+OUT/.steps/train_erm.json, shared with `python -m raydbb.jobs.pipeline`).
 
 Examples:
   raydbb train-erm --config jobs/configs/synthetic.yaml
@@ -39,12 +40,9 @@ def run(args: argparse.Namespace) -> int:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "train-erm")
-    from raydbb.training.erm import train_erm
-    from raydbb.training.metrics import format_group_table
+    from raydbb.rundir import RunDir
+    from raydbb.workflow import TRAIN_ERM, run_command
 
-    result = train_erm(cfg)
-    title = (f"ERM {cfg.classifier.arch} on {cfg.data.name}: epoch {result.best_epoch} selected by "
-             f"val worst-group accuracy ({result.checkpoint_dir})")
-    print(format_group_table(result.metrics, title=title))
-    print(f"wrote {result.checkpoint_dir / 'metrics.json'}")
+    run_command(cfg, TRAIN_ERM.name, TRAIN_ERM.run)
+    print(f"{RunDir(cfg.out).erm / 'metrics.json'} holds the metrics and the epoch history")
     return 0
