@@ -329,6 +329,9 @@ class RetrainConfig(Section):
         "manifest", description="manifest: its recorded kept column; config: re-decide the stored "
                                 "scores with prune.delta and prune.prob_rule")
     last_layer_only: bool = Field(False, description="train the linear head only (backbone frozen)")
+    head_on_features: bool = Field(
+        False, description="train the linear head only, on backbone features computed once with the "
+                           "evaluation transform (fast_epochs at fast_lr; what --fast and raydbb tune do)")
     epochs: int = Field(5, ge=1, description="epochs of (full) retraining; val WGA selects one")
     lr: float = Field(1e-4, gt=0, description="learning rate (optimizer etc. from the train section)")
     fast_epochs: int = Field(20, ge=1, description="fast mode (head on cached features): epochs")

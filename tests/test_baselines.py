@@ -231,11 +231,19 @@ def test_dac_composed_image_keeps_causal_pixels_of_one_and_the_rest_of_the_other
     b[0, 0] = (1, 2, 3)
     m = np.zeros((3, 4), dtype=bool)
     m[1, 1:3] = True
-    out = dac.compose(a, b, m)
-    assert (out[m] == 200).all()
-    np.testing.assert_array_equal(out[~m], b[~m])
+    mb = np.zeros((3, 4), dtype=bool)
+    mb[1:, 2:] = True  # the partner's object: overlaps a's causal part at (1, 2)
+    fill = np.array([7, 8, 9])
+    out = dac.compose(a, b, m, mb, fill)
+    assert (out[m] == 200).all()  # a's causal part wins, also where it overlaps b's
+    blank = mb & ~m
+    assert blank.sum() == 3 and (out[blank] == fill).all()  # b's own object is blanked
+    rest = ~m & ~mb
+    np.testing.assert_array_equal(out[rest], b[rest])  # b's background, its odd pixel included
     with pytest.raises(ValueError):
-        dac.compose(a, b, m[:2])
+        dac.compose(a, b, m[:2], mb, fill)
+    with pytest.raises(ValueError):
+        dac.compose(a, b, m, mb[:2], fill)
 
 
 def test_dac_low_loss_rows_and_partners_of_another_proxy():

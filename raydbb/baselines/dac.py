@@ -6,7 +6,10 @@
 2. Compose: each low-loss image a gets a partner b from a *different group proxy* (here: another
    class among the low-loss images, whose background is that class's majority context), and
 
-       x_new = M_a ⊙ x_a + (1 − M_a) ⊙ x_b,   y_new = y_a
+       x_new = M_a ⊙ x_a + (1 − M_a) ⊙ [(1 − M_b) ⊙ x_b + M_b ⊙ μ],   y_new = y_a
+
+   where μ is the mean colour of the training images: the partner's own causal part (its object,
+   of the other class) is blanked, so the composite does not show two objects with one label.
 
 3. Retrain: fine-tune the ERM model (``retrain.epochs``/``retrain.lr``) on the training split plus
    the composed images, selecting the epoch by validation WGA.
@@ -35,12 +38,17 @@ from raydbb.baselines.common import (
 from raydbb.baselines.masktune import mask_top_saliency
 
 
-def compose(causal_source: np.ndarray, other: np.ndarray, causal_mask: np.ndarray) -> np.ndarray:
-    """The causal pixels (``causal_mask``, H×W) of ``causal_source`` and every other pixel of ``other``
-    (both H×W×C)."""
-    if causal_source.shape != other.shape or causal_mask.shape != causal_source.shape[:2]:
-        raise ValueError("compose: images and mask must have the same height and width")
-    return np.where(np.asarray(causal_mask, dtype=bool)[..., None], causal_source, other)
+def compose(causal_source: np.ndarray, other: np.ndarray, causal_mask: np.ndarray,
+            other_mask: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """The causal pixels (``causal_mask``, H×W) of ``causal_source``; elsewhere ``other``'s pixels,
+    except where ``other_mask`` (the partner's causal part) is set: there the ``fill`` colour (C,).
+    Images are H×W×C."""
+    if (causal_source.shape != other.shape or causal_mask.shape != causal_source.shape[:2]
+            or other_mask.shape != causal_mask.shape):
+        raise ValueError("compose: images and masks must have the same height and width")
+    background = np.where(np.asarray(other_mask, dtype=bool)[..., None],
+                          np.asarray(fill, dtype=other.dtype), other)
+    return np.where(np.asarray(causal_mask, dtype=bool)[..., None], causal_source, background)
 
 
 def low_loss_rows(losses: np.ndarray, labels: np.ndarray, share: float) -> np.ndarray:
@@ -81,12 +89,14 @@ def composed_set(ctx: MethodContext, ckpt, low_loss: float, mask_fraction: float
     labels = train["label"].to_numpy()
     rows = low_loss_rows(losses_arr, labels, low_loss)
     pair = partners(labels[rows], np.random.default_rng(ctx.cfg.seed))
+    fill = np.rint(np.mean([im.reshape(-1, im.shape[-1]).mean(0) for im in images], axis=0))
     ids, records = train["sample_id"].tolist(), []
     for a, j in zip(rows, pair, strict=True):
         if j < 0:
             continue
         b = rows[j]
-        path = write_png(compose(images[a], images[b], masks_arr[a]), out_dir / f"{ids[a]}__{ids[b]}.png")
+        image = compose(images[a], images[b], masks_arr[a], masks_arr[b], fill)
+        path = write_png(image, out_dir / f"{ids[a]}__{ids[b]}.png")
         records.append({"sample_id": f"dac_{ids[a]}__{ids[b]}", "path": path, "label": int(labels[a]),
                         "spurious": -1, "group": -1, "split": "train", "mask": None})
     return pd.DataFrame(records, columns=list(train.columns))

@@ -27,10 +27,10 @@ class, the retrain.keep_fraction share with the highest IG score.
 Options:
   retrain.lambdas=6 or retrain.lambdas="{landbird: 6, waterbird: 8}"   (every class, by name)
   retrain.last_layer_only=true      train the linear head only (backbone frozen)
-  --fast                            head only, on cached backbone features (no augmentation;
-                                    retrain.fast_epochs epochs at retrain.fast_lr; seconds) —
-                                    reproduces the score of a raydbb tune trial with the same
-                                    config and seed
+  --fast                            = retrain.head_on_features=true: head only, on backbone
+                                    features computed once (no augmentation; retrain.fast_epochs
+                                    epochs at retrain.fast_lr; seconds) — reproduces the score of
+                                    a raydbb tune trial with the same config and seed
 
 Writes OUT/ddb/: model.safetensors + classifier.json (the selected model), metrics.json (val,
 test: the layout of raydbb evaluate, plus the start model's numbers under run.start_metrics),
@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--manifest", metavar="DIR",
                         help="run folder of raydbb generate, or its manifest/ (default: the config's out)")
     parser.add_argument("--fast", action="store_true",
-                        help="train the head on cached backbone features instead of the images")
+                        help="train the head on cached backbone features instead of the images "
+                             "(= retrain.head_on_features=true)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -64,19 +65,21 @@ def run(args: argparse.Namespace) -> int:
         return run_dry(cfg, "retrain", manifest=args.manifest)
     from pathlib import Path
 
-    from raydbb.ddb.retrain.head import fast_retrain
     from raydbb.ddb.retrain.run import run_retrain
     from raydbb.workflow import RETRAIN, retrain_summary, run_command
 
+    if args.fast:
+        cfg.retrain.head_on_features = True
+
     def retrain(cfg, progress):
-        result = (fast_retrain if args.fast else run_retrain)(cfg, args.manifest, progress=progress)
+        result = run_retrain(cfg, args.manifest, progress=progress)
         print(result.table())
         print(f"wrote {result.checkpoint_dir} (metrics.json, {result.run['mode']} retraining, "
               f"epoch {result.run['best_epoch']} selected by val worst-group accuracy)")
         return retrain_summary(result)
 
-    # Choices that change the result join the step's fingerprint, so a rerun with another one runs.
-    options = {"fast": True} if args.fast else {}
+    # Another manifest changes the result: it joins the step's fingerprint, so a rerun with it runs.
+    options = {}
     if args.manifest and Path(args.manifest).resolve() not in (Path(cfg.out).resolve(),
                                                                (Path(cfg.out) / "manifest").resolve()):
         options["manifest"] = str(Path(args.manifest).resolve())
