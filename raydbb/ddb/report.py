@@ -346,7 +346,9 @@ def _pruning_section(run: dict[str, Any]) -> str:
     retrain = run["config"].get("retrain", {})
     if retrain:
         settings += [["retrain: repaints from", retrain.get("prune_from", "n/a")],
-                     ["retrain: λ", json.dumps(retrain.get("lambdas"))]]
+                     ["retrain: λ", json.dumps(retrain.get("lambdas"))],
+                     ["retrain: trains", "the head, on cached features" if retrain.get("head_on_features")
+                      else "the head" if retrain.get("last_layer_only") else "the whole network"]]
     if tau:
         settings += [[f"τ {k}", _num(v, 4)] for k, v in tau.items()]
     parts.append(_table(["setting", "value"], settings, "settings"))
