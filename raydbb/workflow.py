@@ -114,9 +114,9 @@ def retrain_summary(result: Any) -> dict[str, Any]:
 
 
 def _retrain(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
-    from raydbb.ddb.retrain.run import run_retrain
+    from raydbb.ddb.retrain.head import retrain
 
-    result = run_retrain(cfg, progress=progress)
+    result = retrain(cfg, progress=progress)
     print(result.table())
     return retrain_summary(result)
 

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return run_dry(cfg, "retrain", manifest=args.manifest)
     from pathlib import Path
 
-    from raydbb.ddb.retrain.run import run_retrain
+    from raydbb.ddb.retrain.head import retrain as run_retrain
     from raydbb.workflow import RETRAIN, retrain_summary, run_command
 
     if args.fast:

@@ -213,3 +213,12 @@ def fast_retrain(cfg: RaydbbConfig, manifest_dir: str | Path | None = None,
     return finish_run(cfg, inputs, out_dir, metrics,
                    {"mode": "fast", "best_epoch": fit.best_epoch, "fast_objective": fit.objective,
                     "history": fit.history}, progress)
+
+
+def retrain(cfg: RaydbbConfig, manifest_dir: str | Path | None = None,
+            progress: bool = True) -> RetrainResult:
+    """The retrain step: :func:`fast_retrain` with ``retrain.head_on_features``, else
+    :func:`~raydbb.ddb.retrain.run.run_retrain`."""
+    from raydbb.ddb.retrain.run import run_retrain
+
+    return (fast_retrain if cfg.retrain.head_on_features else run_retrain)(cfg, manifest_dir, progress)

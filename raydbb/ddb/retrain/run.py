@@ -176,15 +176,11 @@ def run_retrain(cfg: RaydbbConfig, manifest_dir: str | Path | None = None,
     """``raydbb retrain``: reweighted retraining from the ERM weights into ``OUT/ddb``.
 
     Runs under Ray Train with ``cfg.train``'s workers (epochs and lr from ``cfg.retrain``);
-    ``retrain.last_layer_only`` trains the head alone; ``retrain.head_on_features`` hands over to
-    :func:`~raydbb.ddb.retrain.head.fast_retrain` (the head on cached features, no Ray Train).
-    Writes the selected checkpoint, ``metrics.json`` (val, test; the evaluate layout, plus the
-    start model's metrics under ``run.start_metrics``) and ``retrain_config.yaml`` to ``OUT/ddb``.
+    ``retrain.last_layer_only`` trains the head alone (``retrain.head_on_features`` is the other
+    branch of :func:`~raydbb.ddb.retrain.head.retrain`). Writes the selected checkpoint,
+    ``metrics.json`` (val, test; the evaluate layout, plus the start model's metrics under
+    ``run.start_metrics``) and ``retrain_config.yaml`` to ``OUT/ddb``.
     """
-    if cfg.retrain.head_on_features:
-        from raydbb.ddb.retrain.head import fast_retrain  # head.py builds on this module
-
-        return fast_retrain(cfg, manifest_dir, progress)
     from raydbb.ray_utils import init_ray
     from raydbb.training.erm import erm_spec, fit_classifier
 
