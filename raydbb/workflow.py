@@ -195,9 +195,12 @@ def resolve_config(cfg: RaydbbConfig, *, tokens_learned_here: bool = True) -> Ra
     becomes OUT/tokens — always for a whole run (its invert step writes them), only when they
     exist for a single command (``tokens_learned_here=False``: without them prompts name the class)."""
     resolved = cfg.model_copy(deep=True)
-    tokens = RunDir(cfg.out).tokens
-    if resolved.inpaint.tokens_dir is None and (tokens_learned_here or tokens.is_dir()):
-        resolved.inpaint.tokens_dir = str(tokens)
+    if not tokens_learned_here:
+        from raydbb.ddb.generate import with_learned_tokens
+
+        return with_learned_tokens(resolved)[0]
+    if resolved.inpaint.tokens_dir is None:
+        resolved.inpaint.tokens_dir = str(RunDir(cfg.out).tokens)
     return resolved
 
 
@@ -370,14 +373,20 @@ def run_steps(
 
 
 def run_command(cfg: RaydbbConfig, step: str, run: Callable[[RaydbbConfig, bool], dict[str, Any]], *,
-                progress: bool = True, options: dict[str, Any] | None = None) -> dict[str, Any]:
+                progress: bool = True, options: dict[str, Any] | None = None,
+                stdout_for_result: bool = False) -> dict[str, Any]:
     """One step of ``cfg``'s pipeline, as a CLI command runs it: ``run`` (the command's call, with its
     own options bound) in place of the step's, through :func:`run_steps` with ``on_change="resume"``.
 
     Returns that step's entry of :func:`run_steps` (``status``, ``seconds``, ``summary``). Defaults
     resolve as for a whole run, except that ``inpaint.tokens_dir`` is only pointed at OUT/tokens
-    when tokens are there (:func:`resolve_config`).
+    when tokens are there (:func:`resolve_config`). ``stdout_for_result`` sends what the step prints
+    to stderr, so that stdout can carry only the command's result (``--json``).
     """
+    import contextlib
+    import sys
+
     pipeline = [replace(s, run=run) if s.name == step else s for s in pipeline_steps(cfg)]
-    return run_steps(cfg, [step], progress=progress, on_change="resume", pipeline=pipeline,
-                     options=options, tokens_learned_here=False)[step]
+    with contextlib.redirect_stdout(sys.stderr) if stdout_for_result else contextlib.nullcontext():
+        return run_steps(cfg, [step], progress=progress, on_change="resume", pipeline=pipeline,
+                         options=options, tokens_learned_here=False)[step]

@@ -50,17 +50,13 @@ def run(args: argparse.Namespace) -> int:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "generate")
-    import contextlib
-    import sys
-
     from raydbb.ddb.generate import format_summary, run_generate
     from raydbb.workflow import run_command
 
     def generate(cfg, progress):
         return run_generate(cfg, engine=args.engine, progress=progress, allow_changed=args.allow_changed)
 
-    # With --json, stdout carries only the summary: the step runner's lines go to stderr.
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        summary = run_command(cfg, "generate", generate, progress=not args.no_progress)["summary"]
+    summary = run_command(cfg, "generate", generate, progress=not args.no_progress,
+                          stdout_for_result=args.json)["summary"]
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

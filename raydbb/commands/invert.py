@@ -51,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "invert")
-    import contextlib
-    import sys
     from pathlib import Path
 
     from raydbb.ddb.inversion.run import run_inversion
@@ -63,9 +61,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.to_yaml(Path(cfg.out) / "invert_config.yaml")
         return {"classes": run_inversion(cfg, engine=args.engine, progress=progress)}
 
-    # With --json, stdout carries only the summary: the step runner's lines go to stderr.
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        results = run_command(cfg, INVERT.name, invert, progress=not args.no_progress)["summary"]["classes"]
+    results = run_command(cfg, INVERT.name, invert, progress=not args.no_progress,
+                          stdout_for_result=args.json)["summary"]["classes"]
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

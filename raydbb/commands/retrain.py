@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return run_dry(cfg, "retrain", manifest=args.manifest)
     from pathlib import Path
 
+    from raydbb.ddb.redecide import run_folder
     from raydbb.ddb.retrain.head import retrain as run_retrain
     from raydbb.workflow import RETRAIN, retrain_summary, run_command
 
@@ -80,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
     # Another manifest changes the result: it joins the step's fingerprint, so a rerun with it runs.
     options = {}
-    if args.manifest and Path(args.manifest).resolve() not in (Path(cfg.out).resolve(),
-                                                               (Path(cfg.out) / "manifest").resolve()):
-        options["manifest"] = str(Path(args.manifest).resolve())
+    if args.manifest:
+        folder = run_folder(args.manifest).resolve()
+        if folder != Path(cfg.out).resolve():
+            options["manifest"] = str(folder)
     run_command(cfg, RETRAIN.name, retrain, progress=not args.no_progress, options=options)
     return 0
