@@ -14,7 +14,8 @@ runs again, and so does everything after it; ``on_change="refuse"`` stops with t
 fields instead.
 
 The CLI commands ``raydbb train-erm|invert|generate|retrain`` are the same steps run one at a time
-(:func:`run_command`): they write and honour the same markers, so a folder started by hand can be
+(:func:`run_command`), and ``raydbb tune`` is one more step after them (:data:`TUNE`, not part of
+a whole run): they write and honour the same markers, so a folder started by hand can be
 finished by ``python -m raydbb.jobs.pipeline`` and the other way round. A command whose step is out
 of date runs it again in place (``on_change="resume"``): the step's own code then resumes
 (generation skips the samples already in the manifest, inversion restarts from its checkpoints) or
@@ -61,6 +62,8 @@ class Step:
     """A file that exists once the step has finished (a marker alone is not trusted)."""
     outputs: Callable[[RaydbbConfig], list[Path]]
     """What the step writes; moved to ``OUT/.stale`` before it re-runs with changed inputs."""
+    reads: tuple[str, ...] | None = None
+    """The earlier steps whose outputs it reads (their run ids join its fingerprint); None = all."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,6 +182,30 @@ EVALUATE = Step(
 )
 ALL_STEPS: tuple[Step, ...] = (SYNTH, TRAIN_ERM, INVERT, GENERATE, RETRAIN, EVALUATE)
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in ALL_STEPS)
+
+
+def run_tune_step(cfg: RaydbbConfig, progress: bool, manifest: str | Path | None = None) -> dict[str, Any]:
+    """The tune step: :func:`~raydbb.ddb.tune.run_tune` over ``manifest`` (default OUT's), its trials
+    table printed; returns the marker summary (``best``: the path of best.yaml)."""
+    from raydbb.ddb.tune import format_trials, run_tune
+
+    result = run_tune(cfg, manifest, progress=progress)
+    print(format_trials(result.trials))
+    print(f"wrote {result.best_path} and {result.trials_path}")
+    return {"best": str(result.best_path), "trials": str(result.trials_path), "count": len(result.trials),
+            "best_objective": result.best_objective}
+
+
+TUNE = Step(
+    "tune", "Ray Tune over prune thresholds, repaint shares, λ_c and lr -> OUT/tune/best.yaml",
+    ("data", "classifier", "train", "retrain", "prune", "tune", "seed"), run_tune_step,
+    done_file=lambda c: RunDir(c.out).tune / "best.yaml",
+    outputs=lambda c: [RunDir(c.out).tune],
+    reads=(TRAIN_ERM.name, GENERATE.name),  # not retrain's: its own full retraining must not re-tune
+)
+"""Not part of a whole run: ``raydbb tune`` runs it after the pipeline's steps (:func:`run_command`),
+so it is skipped when nothing it reads changed and runs again when the repaints or ERM did."""
+COMMAND_STEPS: tuple[Step, ...] = (TUNE,)
 
 
 def _inside(path: Path, root: str | Path) -> bool:
@@ -339,7 +366,8 @@ def run_steps(
             upstream[step.name] = marker["run_id"] if marker else None
             continue
         inputs = step_inputs(step, cfg, options)
-        fp = fingerprint(inputs, upstream)
+        before = upstream if step.reads is None else {n: r for n, r in upstream.items() if n in step.reads}
+        fp = fingerprint(inputs, before)
         head = f"[{index}/{len(pipeline)}] {step.name}"
         if marker and marker["fingerprint"] == fp and step.done_file(cfg).exists():
             print(f"{head}: already done ({marker.get('finished_at', '?')}); skipped")
@@ -347,7 +375,7 @@ def run_steps(
             upstream[step.name] = marker["run_id"]
             continue
         if marker and marker["fingerprint"] != fp:
-            why = _why_changed(marker, inputs, upstream)
+            why = _why_changed(marker, inputs, before)
             if on_change == "refuse":
                 raise RaydbbError(f"step {step.name} in {out} is out of date: {why}; rerun with --on-change "
                                   f"rerun (moves its outputs to {RunDir(out).stale}) or use another out")
@@ -363,7 +391,7 @@ def run_steps(
         summary = step.run(cfg, progress)
         seconds = time.perf_counter() - start
         marker = {"step": step.name, "fingerprint": fp, "run_id": uuid.uuid4().hex, "inputs": inputs,
-                  "upstream": upstream.copy(), "seconds": round(seconds, 2),
+                  "upstream": before.copy(), "seconds": round(seconds, 2),
                   "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "summary": summary}
         _write_marker(out, marker)
         print(f"{head}: finished in {seconds:.1f} s")
@@ -372,11 +400,23 @@ def run_steps(
     return results
 
 
+def manifest_options(cfg: RaydbbConfig, manifest: str | Path | None) -> dict[str, Any]:
+    """The ``options`` of a command that reads another run's manifest (``--manifest``): that run folder
+    joins the step's fingerprint, so a rerun with another manifest runs again; ``{}`` for OUT's own."""
+    if not manifest:
+        return {}
+    from raydbb.ddb.redecide import run_folder
+
+    folder = run_folder(manifest).resolve()
+    return {} if folder == Path(cfg.out).resolve() else {"manifest": str(folder)}
+
+
 def run_command(cfg: RaydbbConfig, step: str, run: Callable[[RaydbbConfig, bool], dict[str, Any]], *,
                 progress: bool = True, options: dict[str, Any] | None = None,
                 stdout_for_result: bool = False) -> dict[str, Any]:
-    """One step of ``cfg``'s pipeline, as a CLI command runs it: ``run`` (the command's call, with its
-    own options bound) in place of the step's, through :func:`run_steps` with ``on_change="resume"``.
+    """One step of ``cfg``'s pipeline (or of :data:`COMMAND_STEPS`, after it), as a CLI command runs
+    it: ``run`` (the command's call, with its own options bound) in place of the step's, through
+    :func:`run_steps` with ``on_change="resume"``.
 
     Returns that step's entry of :func:`run_steps` (``status``, ``seconds``, ``summary``). Defaults
     resolve as for a whole run, except that ``inpaint.tokens_dir`` is only pointed at OUT/tokens
@@ -386,7 +426,8 @@ def run_command(cfg: RaydbbConfig, step: str, run: Callable[[RaydbbConfig, bool]
     import contextlib
     import sys
 
-    pipeline = [replace(s, run=run) if s.name == step else s for s in pipeline_steps(cfg)]
+    pipeline = pipeline_steps(cfg) + [s for s in COMMAND_STEPS if s.name == step]
+    pipeline = [replace(s, run=run) if s.name == step else s for s in pipeline]
     with contextlib.redirect_stdout(sys.stderr) if stdout_for_result else contextlib.nullcontext():
         return run_steps(cfg, [step], progress=progress, on_change="resume", pipeline=pipeline,
                          options=options, tokens_learned_here=False)[step]

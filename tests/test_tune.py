@@ -81,3 +81,14 @@ def test_tune_then_fast_retrain_reproduces_the_best_trial(ray_local, tmp_path_fa
                                   reported["train_loss"].to_numpy())
     # The written checkpoint evaluated from the images agrees with the fast objective on val.
     assert metrics["val"]["worst_group_accuracy"] == pytest.approx(top["objective"])
+
+    # Through the step runner: the same search again is skipped by its marker (the retraining that
+    # ran since does not make it out of date), trials untouched; another manifest would join its inputs.
+    written = (out / "tune" / TRIALS_FILE).read_bytes()
+    capsys.readouterr()
+    assert main(["tune", "--manifest", str(run.out), "--no-progress", *overrides]) == 0
+    assert "tune: already done" in capsys.readouterr().out
+    assert (out / "tune" / TRIALS_FILE).read_bytes() == written
+    marker = json.loads((out / ".steps" / "tune.json").read_text())
+    assert marker["inputs"]["option.manifest"] == str(run.out.resolve())
+    assert set(marker["upstream"]) == {"train_erm", "generate"}

@@ -63,11 +63,8 @@ def run(args: argparse.Namespace) -> int:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "retrain", manifest=args.manifest)
-    from pathlib import Path
-
-    from raydbb.ddb.redecide import run_folder
     from raydbb.ddb.retrain.head import retrain as run_retrain
-    from raydbb.workflow import RETRAIN, retrain_summary, run_command
+    from raydbb.workflow import RETRAIN, manifest_options, retrain_summary, run_command
 
     if args.fast:
         cfg.retrain.head_on_features = True
@@ -79,11 +76,6 @@ def run(args: argparse.Namespace) -> int:
               f"epoch {result.run['best_epoch']} selected by val worst-group accuracy)")
         return retrain_summary(result)
 
-    # Another manifest changes the result: it joins the step's fingerprint, so a rerun with it runs.
-    options = {}
-    if args.manifest:
-        folder = run_folder(args.manifest).resolve()
-        if folder != Path(cfg.out).resolve():
-            options["manifest"] = str(folder)
-    run_command(cfg, RETRAIN.name, retrain, progress=not args.no_progress, options=options)
+    run_command(cfg, RETRAIN.name, retrain, progress=not args.no_progress,
+                options=manifest_options(cfg, args.manifest))
     return 0

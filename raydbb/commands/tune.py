@@ -59,14 +59,23 @@ def run(args: argparse.Namespace) -> int:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "tune", manifest=args.manifest)
-    from raydbb.ddb.retrain.run import run_retrain
-    from raydbb.ddb.tune import format_trials, run_tune
+    from functools import partial
 
-    result = run_tune(cfg, args.manifest, progress=not args.no_progress)
-    print(format_trials(result.trials))
-    print(f"wrote {result.best_path} and {result.trials_path}")
+    from raydbb.config import load_config
+    from raydbb.ddb.retrain.run import run_retrain
+    from raydbb.workflow import RETRAIN, TUNE, manifest_options, retrain_summary, run_command, run_tune_step
+
+    options = manifest_options(cfg, args.manifest)
+    summary = run_command(cfg, TUNE.name, partial(run_tune_step, manifest=args.manifest),
+                          progress=not args.no_progress, options=options)["summary"]
     if args.full_retrain or cfg.tune.full_retrain:
-        retrained = run_retrain(result.best_config, args.manifest, progress=not args.no_progress)
-        print(retrained.table())
-        print(f"wrote {retrained.checkpoint_dir} (full retraining of the best configuration)")
+        def retrain(best, progress):
+            result = run_retrain(best, args.manifest, progress=progress)
+            print(result.table())
+            print(f"wrote {result.checkpoint_dir} (full retraining of the best configuration)")
+            return retrain_summary(result)
+
+        # The retrain step of this run folder, with the winning settings (a finished one is skipped).
+        best = load_config(summary["best"]).model_copy(update={"out": cfg.out})
+        run_command(best, RETRAIN.name, retrain, progress=not args.no_progress, options=options)
     return 0
