@@ -5,7 +5,7 @@ method's grid (:mod:`raydbb.baselines.registry`) and writes
 ``OUT/compare/runs/<method>/seed_<k>/result.json``: the selected configuration's val and test
 metrics, the grid, the chosen values, every trial, the selection rule, the group labels used and
 the wall seconds. A rerun skips every method x seed whose ``result.json`` exists with the same
-fingerprint (the config fields that change results, the seed, the method and its grid); one whose
+fingerprint (the config fields the method reads, the seed, the method and its grid); one whose
 inputs changed is moved to ``OUT/compare/.stale/`` and runs again. ERM runs first for every seed:
 DFR, MaskTune and DaC start from that seed's ERM model.
 
@@ -29,7 +29,7 @@ import pandas as pd
 
 from raydbb import storage
 from raydbb.baselines.registry import METHODS, PAPER_DATASETS, PAPER_ONLY, get_method, resolve_grid
-from raydbb.config import RaydbbConfig, resource_fields
+from raydbb.config import RaydbbConfig, config_values
 from raydbb.errors import ConfigError, RaydbbError
 from raydbb.rundir import RunDir
 
@@ -39,15 +39,12 @@ TABLE_MD = "table.md"
 
 
 def fingerprint(cfg: RaydbbConfig, method: str, seed: int, grid: dict[str, list[Any]]) -> str:
-    """Hash of what decides a method x seed's result (resource settings and ``out`` left out)."""
-    tree = cfg.model_dump(mode="json")
-    for dotted in sorted(resource_fields()):
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for key in parents:
-            node = node.get(key, {})
-        node.pop(leaf, None)
-    doc = {"config": tree, "method": method, "seed": int(seed), "grid": grid}
+    """Hash of what decides a method x seed's result: the config fields the method reads
+    (``Method.reads``; resource settings and ``out`` left out), the seed and the grid. A change to
+    DDB's sections therefore reruns DDB only, not ERM and the baselines."""
+    reads = get_method(method).reads
+    values = config_values(cfg, reads if reads is not None else tuple(RaydbbConfig.model_fields))
+    doc = {"config": values, "method": method, "seed": int(seed), "grid": grid}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -13,7 +13,7 @@ import pytest
 from test_erm import _write_dataset
 
 from raydbb.cli import main
-from raydbb.compare import parse_grid_overrides, plan, run_compare
+from raydbb.compare import fingerprint, parse_grid_overrides, plan, run_compare
 from raydbb.config import load_config
 from raydbb.errors import ConfigError
 
@@ -79,6 +79,23 @@ def test_compare_erm_and_jtt_two_seeds_then_resume(ray_local, small_dataset, tmp
     new = {(j.method, j.seed): j.fingerprint for w in plan(cfg, ["erm", "jtt"], [0, 1], {"jtt": {"T": [2]}})
            for j in w}
     assert old[("erm", 0)] == new[("erm", 0)] and old[("jtt", 0)] != new[("jtt", 0)]
+
+
+def test_compare_fingerprint_holds_only_what_the_method_reads(tmp_path):
+    def prints(*overrides):
+        cfg = load_config(None, [f"out={tmp_path}", *overrides])
+        return {m: fingerprint(cfg, m, 0, {}) for m in ("erm", "jtt", "dac", "ddb")}
+
+    base = prints()
+    # DDB's own sections (and resource settings) leave the baselines' results valid ...
+    ddb_only = prints("retrain.lambdas=2.5", "inpaint.guidance_scale=3", "prune.delta=0.1")
+    assert [ddb_only[m] == base[m] for m in base] == [True, True, True, False]
+    assert prints("generate.fused.actors=7", "ray.num_cpus=3") == base
+    # ... what every method trains with changes them all.
+    changed = prints("train.lr=0.5")
+    assert all(changed[m] != base[m] for m in base)
+    # DaC's fine-tuning phase has retrain's epochs and lr; ERM and JTT do not read them.
+    assert [prints("retrain.epochs=9")[m] == base[m] for m in base] == [True, True, False, False]
 
 
 def test_compare_plan_runs_erm_first_and_adds_it_when_needed(tmp_path):

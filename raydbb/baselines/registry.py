@@ -22,6 +22,12 @@ from raydbb.baselines.common import SELECTION, MethodContext, MethodResult
 from raydbb.errors import ConfigError
 
 PAPER_DATASETS = ("waterbirds", "celeba", "metashift")
+TRAINING_READS = ("seed", "device", "data", "classifier", "train")
+"""What a baseline reads of the config: the data, the classifier and the training recipe; DDB's
+own sections are not among them."""
+FINETUNE_READS = (*TRAINING_READS, "retrain.epochs", "retrain.lr")
+"""... and, for the methods that fine-tune the ERM model (:func:`~raydbb.baselines.common.finetune_config`),
+that phase's epochs and lr."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,8 @@ class Method:
     """Uses train group labels: a reference upper bound, not a competitor."""
     paper_wga: dict[str, float | None] = field(default_factory=dict)
     """Worst-group test accuracy (%) the DDB paper reports, per dataset."""
+    reads: tuple[str, ...] | None = TRAINING_READS
+    """Config fields (dotted prefixes) the method's result depends on; None = the whole config."""
 
     @property
     def label(self) -> str:
@@ -81,10 +89,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("lisa", "LISA", "Yao et al. 2022", "✓", "✓", {"p_sel": [0.5], "alpha": [2.0]}, lisa.run,
            paper_wga=_paper(89.2, 89.3, 59.8)),
     Method("masktune", "MaskTune", "Asgari et al. 2022", "✗", "✗", {"fraction": [0.1, 0.2]}, masktune.run,
-           needs_erm=True, paper_wga=_paper(None, None, None)),
+           needs_erm=True, paper_wga=_paper(None, None, None), reads=FINETUNE_READS),
     Method("dac", "DaC", "Noohdani et al. 2024", "✗", "✓", {"low_loss": [0.25], "mask_fraction": [0.25, 0.5]},
-           dac.run, needs_erm=True, paper_wga=_paper(92.3, 81.9, 78.3)),
-    Method("ddb", "DDB", "arXiv 2503.17226", "✗", "✓", {}, _run_ddb, paper_wga=_paper(93.0, 85.8, 81.2)),
+           dac.run, needs_erm=True, paper_wga=_paper(92.3, 81.9, 78.3), reads=FINETUNE_READS),
+    Method("ddb", "DDB", "arXiv 2503.17226", "✗", "✓", {}, _run_ddb, paper_wga=_paper(93.0, 85.8, 81.2),
+           reads=None),
 ]}
 
 PAPER_ONLY = {"disc": ("DISC", _paper(88.7, None, 73.5))}
