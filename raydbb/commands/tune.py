@@ -36,6 +36,9 @@ Writes OUT/tune/:
 With --full-retrain (or tune.full_retrain=true) the best configuration is then retrained in full
 (raydbb retrain) into OUT/ddb.
 
+The search is a step of the run folder (marker OUT/.steps/tune.json): run again with the same
+settings, manifest, ERM model and repaints, it is skipped; any of those changed, it runs again.
+
 Examples:
   raydbb tune --config jobs/configs/synthetic.yaml --manifest runs/demo tune.num_samples=200
   raydbb tune --config jobs/configs/synthetic.yaml --full-retrain tune.time_budget_s=300
