@@ -22,6 +22,7 @@ import os
 import posixpath
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -220,6 +221,24 @@ def creation_mode(directory: bool = False) -> int:
     mode before being moved into place, so outputs are as shared as the user's umask says.
     """
     return (0o777 if directory else 0o666) & ~_umask()
+
+
+@contextlib.contextmanager
+def build_file(dest: str | Path) -> Iterator[str]:
+    """A hidden temporary name beside the local file ``dest`` to write to; when the block ends
+    normally it gets the umask's mode (:func:`creation_mode`) and replaces ``dest`` by a rename,
+    when it raises it is removed. Readers of ``dest`` see the old file or the whole new one."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, creation_mode())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -7,8 +7,6 @@ half-written file under the final name (a crash or a resumed run sees either not
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -92,14 +90,6 @@ def write_png_atomic(path: str | Path, array: np.ndarray) -> Path:
         raise DataError(f"cannot write {path}: array dtype {arr.dtype}; expected uint8 or bool")
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
         raise DataError(f"cannot write {path}: array shape {arr.shape}; expected HxW, HxWx3 or HxWx4")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(arr).save(handle, format="PNG")
-        os.chmod(tmp, storage.creation_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with storage.build_file(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
     return path

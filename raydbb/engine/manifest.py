@@ -15,8 +15,6 @@ synced to object storage); :func:`read_manifest` resolves them. Only plain Arrow
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -101,16 +99,8 @@ def manifest_table(batches: list[Batch]) -> pa.Table:
 
 def write_part_atomic(path: Path, table: pa.Table) -> Path:
     """Write one Parquet part under a hidden temporary name, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with storage.build_file(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.chmod(tmp, storage.creation_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
