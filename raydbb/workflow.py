@@ -116,11 +116,15 @@ def retrain_summary(result: Any) -> dict[str, Any]:
             "worst_group_accuracy": {s: m["worst_group_accuracy"] for s, m in result.metrics.items()}}
 
 
-def _retrain(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
+def run_retrain_step(cfg: RaydbbConfig, progress: bool, manifest: str | Path | None = None) -> dict[str, Any]:
+    """The retrain step: :func:`~raydbb.ddb.retrain.head.retrain` over ``manifest`` (default OUT's),
+    its before/after table and where it wrote printed; returns the marker summary."""
     from raydbb.ddb.retrain.head import retrain
 
-    result = retrain(cfg, progress=progress)
+    result = retrain(cfg, manifest, progress=progress)
     print(result.table())
+    print(f"wrote {result.checkpoint_dir} (metrics.json, {result.run['mode']} retraining, "
+          f"epoch {result.run['best_epoch']} selected by val worst-group accuracy)")
     return retrain_summary(result)
 
 
@@ -170,7 +174,7 @@ GENERATE = Step(
 )
 RETRAIN = Step(
     "retrain", "originals + kept repaints, λ-weighted loss, from the ERM weights -> OUT/ddb",
-    ("data", "train", "retrain", "prune.delta", "prune.prob_rule"), _retrain,
+    ("data", "train", "retrain", "prune.delta", "prune.prob_rule"), run_retrain_step,
     done_file=lambda c: RunDir(c.out).ddb / METRICS_FILE,
     outputs=lambda c: [RunDir(c.out).ddb],
 )

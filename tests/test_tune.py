@@ -92,3 +92,11 @@ def test_tune_then_fast_retrain_reproduces_the_best_trial(ray_local, tmp_path_fa
     marker = json.loads((out / ".steps" / "tune.json").read_text())
     assert marker["inputs"]["option.manifest"] == str(run.out.resolve())
     assert set(marker["upstream"]) == {"train_erm", "generate"}
+
+    # --full-retrain: the finished search is skipped and the winning settings are retrained in full
+    # (not the head on cached features the search scored), through the run folder's retrain step.
+    assert main(["tune", "--manifest", str(run.out), "--no-progress", "--full-retrain", *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "tune: already done" in printed and "retrain: " in printed
+    assert json.loads((out / "ddb" / "metrics.json").read_text())["run"]["mode"] == "full"
+    assert (out / "tune" / TRIALS_FILE).read_bytes() == written

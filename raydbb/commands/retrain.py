@@ -63,19 +63,12 @@ def run(args: argparse.Namespace) -> int:
         from raydbb.plan import run_dry
 
         return run_dry(cfg, "retrain", manifest=args.manifest)
-    from raydbb.ddb.retrain.head import retrain as run_retrain
-    from raydbb.workflow import RETRAIN, manifest_options, retrain_summary, run_command
+    from functools import partial
+
+    from raydbb.workflow import RETRAIN, manifest_options, run_command, run_retrain_step
 
     if args.fast:
         cfg.retrain.head_on_features = True
-
-    def retrain(cfg, progress):
-        result = run_retrain(cfg, args.manifest, progress=progress)
-        print(result.table())
-        print(f"wrote {result.checkpoint_dir} (metrics.json, {result.run['mode']} retraining, "
-              f"epoch {result.run['best_epoch']} selected by val worst-group accuracy)")
-        return retrain_summary(result)
-
-    run_command(cfg, RETRAIN.name, retrain, progress=not args.no_progress,
-                options=manifest_options(cfg, args.manifest))
+    run_command(cfg, RETRAIN.name, partial(run_retrain_step, manifest=args.manifest),
+                progress=not args.no_progress, options=manifest_options(cfg, args.manifest))
     return 0

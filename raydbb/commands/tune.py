@@ -65,20 +65,16 @@ def run(args: argparse.Namespace) -> int:
     from functools import partial
 
     from raydbb.config import load_config
-    from raydbb.ddb.retrain.run import run_retrain
-    from raydbb.workflow import RETRAIN, TUNE, manifest_options, retrain_summary, run_command, run_tune_step
+    from raydbb.workflow import RETRAIN, TUNE, manifest_options, run_command, run_retrain_step, run_tune_step
 
     options = manifest_options(cfg, args.manifest)
     summary = run_command(cfg, TUNE.name, partial(run_tune_step, manifest=args.manifest),
                           progress=not args.no_progress, options=options)["summary"]
     if args.full_retrain or cfg.tune.full_retrain:
-        def retrain(best, progress):
-            result = run_retrain(best, args.manifest, progress=progress)
-            print(result.table())
-            print(f"wrote {result.checkpoint_dir} (full retraining of the best configuration)")
-            return retrain_summary(result)
-
-        # The retrain step of this run folder, with the winning settings (a finished one is skipped).
+        # The retrain step of this run folder with the winning settings, in full (not the head on
+        # cached features the search scored); a finished one is skipped.
         best = load_config(summary["best"]).model_copy(update={"out": cfg.out})
-        run_command(best, RETRAIN.name, retrain, progress=not args.no_progress, options=options)
+        best.retrain.head_on_features = False
+        run_command(best, RETRAIN.name, partial(run_retrain_step, manifest=args.manifest),
+                    progress=not args.no_progress, options=options)
     return 0

@@ -28,6 +28,7 @@ from raydbb.ddb.retrain.run import (
     finish_run,
     load_inputs,
     run_meta,
+    run_retrain,
 )
 from raydbb.errors import DataError, RaydbbError
 from raydbb.models.threads import torch_threads
@@ -219,6 +220,4 @@ def retrain(cfg: RaydbbConfig, manifest_dir: str | Path | None = None,
             progress: bool = True) -> RetrainResult:
     """The retrain step: :func:`fast_retrain` with ``retrain.head_on_features``, else
     :func:`~raydbb.ddb.retrain.run.run_retrain`."""
-    from raydbb.ddb.retrain.run import run_retrain
-
     return (fast_retrain if cfg.retrain.head_on_features else run_retrain)(cfg, manifest_dir, progress)
