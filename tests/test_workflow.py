@@ -162,14 +162,15 @@ def test_pipeline_composition(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_real_synth_train_evaluate_then_rerun_skips(ray_local, tmp_path: Path) -> None:
-    cfg = load_config(None, [
+def test_real_synth_train_evaluate_then_rerun_skips(ray_local, tmp_path: Path, capsys) -> None:
+    overrides = [
         f"out={tmp_path / 'run'}", f"data.root={tmp_path / 'run' / 'data'}",
         "data.synthetic.n_train=48", "data.synthetic.n_val=16", "data.synthetic.n_test=16",
         "data.synthetic.size=32", "classifier.arch=small_cnn", "classifier.pretrained=false",
         "classifier.image_size=16", "classifier.width=4", "train.epochs=1", "train.batch_size=16",
         "train.num_workers=0", "train.augment=false",
-    ])
+    ]
+    cfg = load_config(None, overrides)
     steps = ["synth", "train_erm", "evaluate"]
     first = run_steps(cfg, steps, progress=False)
     assert [r["status"] for r in first.values()] == ["ran"] * 3
@@ -187,3 +188,17 @@ def test_real_synth_train_evaluate_then_rerun_skips(ray_local, tmp_path: Path) -
     assert time.perf_counter() - start < 5.0
     assert {r["status"] for r in second.values()} == {"skipped"}
     assert weights.stat().st_mtime_ns == stamp
+
+    # `raydbb evaluate` on the run is its evaluate step: the same marker, so up to date -> skipped;
+    # with OUT/metrics.json gone it runs again and writes the same numbers.
+    from raydbb.cli import main
+
+    capsys.readouterr()
+    written = (run / "metrics.json").stat().st_mtime_ns
+    assert main(["evaluate", "--no-progress", *overrides]) == 0
+    assert "evaluate: already done" in capsys.readouterr().out
+    assert (run / "metrics.json").stat().st_mtime_ns == written
+    (run / "metrics.json").unlink()
+    assert main(["evaluate", "--no-progress", *overrides]) == 0
+    assert f"wrote {run / 'metrics.json'}" in capsys.readouterr().out
+    assert json.loads((run / "metrics.json").read_text()) == metrics

@@ -12,18 +12,26 @@ from raydbb.ids import sanitize_id
 from raydbb.rundir import RunDir
 
 HELP = """\
-Evaluate a checkpoint folder (model.safetensors + classifier.json, as written by train-erm) on a
-dataset and print, per split, the accuracy of every (class, spurious) group, the worst-group
-accuracy, the average over all samples and the average weighted by the TRAINING group
-proportions (the Waterbirds convention). Writes the same numbers to CHECKPOINT/evaluation-<dataset>.json
-(--out to choose); the checkpoint's own metrics.json (its training record) is never replaced.
+Print, per split, the accuracy of every (class, spurious) group, the worst-group accuracy, the
+average over all samples and the average weighted by the TRAINING group proportions (the
+Waterbirds convention). Two uses:
 
-The dataset comes from --dataset/--root, or from the data section of --config (plus overrides);
-the checkpoint defaults to OUT/erm of the config.
+A run's evaluation (--config, no --checkpoint/--dataset/--root/--out): the evaluate step of the
+pipeline. Every checkpoint of the run (OUT/erm, and OUT/ddb once retrained) is scored on val and
+test into OUT/metrics.json, through the same resumable step runner as the other commands: a rerun
+with nothing changed is skipped (marker OUT/.steps/evaluate.json), a new retraining makes it run
+again.
+
+Any checkpoint on any dataset (--checkpoint, --dataset/--root, --out or --splits): a checkpoint
+folder (model.safetensors + classifier.json, as written by train-erm or retrain) is scored on the
+dataset of --dataset/--root (or the config's data section) into
+CHECKPOINT/evaluation-<dataset>.json (--out to choose). No run folder, config.yaml or marker is
+written, and the checkpoint's own metrics.json (its training record) is never replaced.
 
 Examples:
+  raydbb evaluate --config jobs/configs/synthetic.yaml
   raydbb evaluate --checkpoint runs/demo/erm --dataset synthetic --root runs/demo/data
-  raydbb evaluate --config jobs/configs/synthetic.yaml --out runs/demo/eval.json
+  raydbb evaluate --checkpoint runs/demo/ddb --out runs/demo/ddb-on-test.json --splits test
 """
 
 
@@ -35,10 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="checkpoint folder (default: OUT/erm of the config)")
     parser.add_argument("--dataset", choices=DATASETS, help="dataset format (overrides data.name)")
     parser.add_argument("--root", metavar="DIR", help="dataset folder (overrides data.root)")
-    parser.add_argument("--splits", default="val,test", help="comma-separated splits (default val,test)")
+    parser.add_argument("--splits", help="comma-separated splits (default val,test)")
     parser.add_argument("--out", metavar="FILE",
                         help="metrics file (default: CHECKPOINT/evaluation-<dataset>.json)")
     parser.add_argument("--device", help="torch device, e.g. cuda (default: the config's device)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,20 +56,32 @@ def run(args: argparse.Namespace) -> int:
     from raydbb.training.evaluate import evaluate_checkpoint, write_metrics
     from raydbb.training.metrics import format_group_table
 
+    if args.device:
+        cfg.device = args.device
+    ad_hoc = any(v is not None for v in (args.checkpoint, args.dataset, args.root, args.out, args.splits))
     if args.dataset:
         cfg.data.name = args.dataset
     if args.root:
         cfg.data.root = args.root
     ckpt = Path(args.checkpoint) if args.checkpoint else RunDir(cfg.out).erm
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    splits = [s.strip() for s in (args.splits or "val,test").split(",") if s.strip()]
     if args.dry_run:
         from raydbb.plan import run_dry
 
         missing = [] if (ckpt / "classifier.json").is_file() else [
             f"--checkpoint {ckpt}: no classifier.json (not a checkpoint folder)"]
-        return run_dry(cfg, "evaluate", problems=missing, notes=[f"checkpoint: {ckpt}; splits: {splits}"])
+        what = (f"checkpoint: {ckpt}; splits: {splits}" if ad_hoc
+                else f"the run's checkpoints -> {RunDir(cfg.out).metrics}")
+        return run_dry(cfg, "evaluate", problems=missing, notes=[what])
+    if not ad_hoc:
+        from raydbb.workflow import EVALUATE, run_command
+
+        result = run_command(cfg, EVALUATE.name, EVALUATE.run, progress=not args.no_progress)
+        if result["status"] == "ran":
+            print(f"wrote {RunDir(cfg.out).metrics}")
+        return 0
     records = load_records(cfg.data)
-    metrics = evaluate_checkpoint(ckpt, records, splits, device=args.device or cfg.device, progress=True)
+    metrics = evaluate_checkpoint(ckpt, records, splits, device=cfg.device, progress=not args.no_progress)
     out = Path(args.out) if args.out else ckpt / f"evaluation-{sanitize_id(records.name)}.json"
     if out.resolve() == (ckpt / "metrics.json").resolve():
         raise ConfigError(f"--out {out}: that is the checkpoint's training record; choose another file")
