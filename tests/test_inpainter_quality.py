@@ -93,7 +93,7 @@ def test_gate_and_report_state_each_direction():
            "judge_on_sources": 0.99, "own_rate": 0.97, "oracle_target_rate": 0.99, "oracle_leak": 0.0,
            "source_leak": 0.0, "no_bird_rate": 0.02, "empty_mask_called_source": 0.04,
            "empty_mask_called_no_bird": 0.9, "background_exact_rate": 1.0,
-           "mask_share": 0.2, "seconds_per_image": 0.1234}
+           "mask_share": 0.2, "seconds_per_image": 0.1234, "vae_psnr": 23.31, "vae_sharpness_ratio": 0.321}
     other = {**row, "direction": "waterbird->landbird", "target_rate": 0.88, "leak": 0.12}
     verdict = iq.gate([row, other])
     assert verdict == {"a_target_rate": False, "b_leak": False, "c_judge_on_sources": True}
@@ -105,5 +105,25 @@ def test_gate_and_report_state_each_direction():
     assert "`python -m benchmarks.inpainter_quality --n 100`" in text and "dilated 6 px" in text
     assert "| landbird->waterbird | 100 | 93.0% | 2.0% | 4.1% | 99.0% |" in text
     assert "| waterbird->landbird | 100 | 88.0% | 2.0% | 12.0% | 99.0% |" in text
-    assert "| 4% / 90% |" in text
+    assert "| 4% / 90% |" in text and "| 23.3 dB / 0.32 |" in text
     assert "(a) FAIL, (b) FAIL, (c) pass" in text
+
+
+def test_sharpness_hand_computed():
+    # A 0/255 checkerboard: every interior pixel differs from its 4 neighbours by 255 -> |Laplacian| 1020.
+    board = (np.indices((6, 6)).sum(0) % 2 * 255).astype(np.uint8)
+    assert iq.sharpness(np.repeat(board[None, ..., None], 3, -1)) == pytest.approx(1020.0)
+    assert iq.sharpness(np.full((2, 6, 6, 3), 77, np.uint8)) == 0.0
+
+
+def test_vae_round_trip_of_an_exact_autoencoder_is_lossless():
+    class Exact(torch.nn.Module):  # encode = decode = identity, in the diffusers output shapes
+        def encode(self, x):
+            return type("Out", (), {"latent_dist": type("Dist", (), {"mean": x})()})()
+
+        def decode(self, z):
+            return type("Out", (), {"sample": z})()
+
+    images = [np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8) for i in range(3)]
+    measured = iq.vae_round_trip(Exact(), images)
+    assert measured["vae_sharpness_ratio"] == pytest.approx(1.0) and measured["vae_psnr"] > 50

@@ -235,3 +235,23 @@ def test_shipped_inpainter_repaints_only_inside_the_mask(tmp_path):
         assert new.shape == (64, 64, 3) and new.dtype == np.uint8
         assert (new[mask == 0] == src[mask == 0]).all()  # paste-back: outside the mask untouched
         assert (new[mask != 0] != src[mask != 0]).any()  # the bird region was repainted
+
+
+def test_decoder_phase_changes_only_the_decoder(records, tmp_path):
+    first = train_inpainter(records, tmp_path / "first", tiny_spec(), progress=False)
+    sharper = train_inpainter(records, tmp_path / "dec", tiny_spec(decoder_steps=4, unet_steps=0),
+                              progress=False, init=first)
+    # Encoder, UNet and text encoder are the first model's bit for bit (the latent space a trained
+    # UNet works in must not move); the decoder trained.
+    vae_first, vae_dec = state(first, "vae"), state(sharper, "vae")
+    decoder = [k for k in vae_first if k.startswith(("decoder.", "post_quant"))]
+    assert all(torch.equal(vae_first[k], vae_dec[k]) for k in vae_first if k not in decoder)
+    assert not all(torch.equal(vae_first[k], vae_dec[k]) for k in vae_first if k.startswith("decoder."))
+    for part in ("unet", "text_encoder"):
+        assert all(torch.equal(v, state(sharper, part)[k]) for k, v in state(first, part).items()), part
+    record = json.loads((sharper / TRAINING_RECORD).read_text())
+    assert record["unet_loss_start_end"] is None and len(record["decoder_loss_start_end"]) == 2
+    with pytest.raises(ConfigError, match="unet_steps=0 without init"):
+        train_inpainter(records, tmp_path / "z", tiny_spec(unet_steps=0), progress=False)
+    with pytest.raises(ConfigError, match=r"decoder_steps=-1: expected an integer >= 0"):
+        tiny_spec(decoder_steps=-1)

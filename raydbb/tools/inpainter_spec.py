@@ -42,6 +42,11 @@ class InpainterSpec:
     kl_weight: float = 1e-6
     vae_object_weight: float = 10.0
     vae_logvar_init: float = -6.0
+    # Decoder fine-tuning with the encoder frozen (SD's fine-tuned VAE decoders did the same): the
+    # latent space a trained UNet works in does not move, so it can follow any VAE phase or --init.
+    decoder_steps: int = 0
+    decoder_lr: float = 1e-3
+    decoder_perceptual_weight: float = 1.0
     unet_steps: int = 6000
     batch_size: int = 16
     lr: float = 1e-3
@@ -74,12 +79,18 @@ class InpainterSpec:
             raise ConfigError(f"seed={self.seed}: expected an integer >= 0")
         if not float(self.hole_loss_weight) >= 0:
             raise ConfigError(f"hole_loss_weight={self.hole_loss_weight}: expected a number >= 0")
-        for name in ("lr", "vae_lr"):
+        for name in ("lr", "vae_lr", "decoder_lr"):
             if not float(getattr(self, name)) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected a learning rate > 0")
-        for name in ("vae_steps", "unet_steps", "vae_batch_size", "batch_size", "vae_crop"):
+        for name in ("vae_steps", "vae_batch_size", "batch_size", "vae_crop"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: expected an integer >= 1")
+        for name in ("unet_steps", "decoder_steps"):  # 0: skip the phase (unet_steps only with init)
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: expected an integer >= 0")
+        if not float(self.decoder_perceptual_weight) >= 0:
+            raise ConfigError(f"decoder_perceptual_weight={self.decoder_perceptual_weight}: "
+                              "expected a number >= 0")
         for name in ("prompt_dropout", "token_word_prob", "object_mask_prob", "pair_mask_prob",
                      "box_mask_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:

@@ -6,11 +6,16 @@ train-inpainter``): the same model family and pipeline class as SD-2 inpainting
 ``StableDiffusionInpaintPipeline``), small enough to train on a laptop CPU, so that the whole DDB
 method can be shown working where no pretrained diffusion weights can be downloaded.
 
-Two phases, both deterministic from ``seed`` (same torch version and thread count, same bytes):
+Up to three phases, all deterministic from ``seed`` (same torch version and thread count, same
+bytes):
 
 1. **VAE.** The ``AutoencoderKL`` (64 px -> 16x16x4 latents by default) is trained on random crops
    (L1 reconstruction + a small KL term); its ``scaling_factor`` is then set to 1 / std of the
    training latents, as for SD.
+1b. **Decoder** (``decoder_steps`` > 0). The decoder alone, encoder frozen, on whole images: L1 plus
+   a perceptual distance measured by the shipped synthetic backbone (the miniature world's ImageNet
+   weights, in the role VGG plays in SD's LPIPS loss). The latents do not change, so this phase can
+   sharpen the images of a model whose UNet is already trained (``--init``).
 2. **UNet + text encoder.** Standard SD inpainting training: z_0 = VAE latents x scaling factor,
    noise at a uniform DDPM timestep, the UNet sees ``[z_t, mask, masked-image latents]`` and the
    prompt and predicts the noise (MSE). Masks and masked images are prepared exactly as
@@ -381,6 +386,84 @@ def train_vae(vae: torch.nn.Module, data: TrainingSet, spec: InpainterSpec, rng:
     return losses
 
 
+class PerceptualDistance(torch.nn.Module):
+    """Mean relative L1 distance between the activations of the shipped synthetic backbone
+    (:data:`~raydbb.models.classifier.SYNTHETIC_BACKBONE`, frozen) after its stem and each stage,
+    for images in [-1, 1]. The backbone was trained on the pretraining corpus only."""
+
+    LAYERS = (0, 1, 3, 5)
+
+    def __init__(self) -> None:
+        super().__init__()
+        from safetensors.torch import load_file
+
+        from raydbb.models.classifier import IMAGENET_MEAN, IMAGENET_STD, SYNTHETIC_BACKBONE, small_cnn
+
+        weights = load_file(str(SYNTHETIC_BACKBONE))
+        last = max(self.LAYERS)
+        self.net = small_cnn(int(weights["0.0.weight"].shape[0]))[0][: last + 1]
+        self.net.load_state_dict({k: v for k, v in weights.items() if int(k.split(".")[0]) <= last})
+        self.net.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN)[:, None, None])
+        self.register_buffer("std", torch.tensor(IMAGENET_STD)[:, None, None])
+
+    def _activations(self, images: torch.Tensor) -> list[torch.Tensor]:
+        h, out = ((images + 1) / 2 - self.mean) / self.std, []
+        for i, layer in enumerate(self.net):
+            h = layer(h)
+            if i in self.LAYERS:
+                out.append(h)
+        return out
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        pairs = zip(self._activations(images), self._activations(targets), strict=True)
+        return sum((a - b).abs().mean() / b.abs().mean().clamp_min(1e-3) for a, b in pairs) / len(self.LAYERS)
+
+
+def finetune_decoder(vae: torch.nn.Module, data: TrainingSet, spec: InpainterSpec, rng: np.random.Generator,
+                     gen: torch.Generator, progress: bool = True) -> list[float]:
+    """Phase 1b: the VAE decoder alone on whole images, encoder frozen; returns per-step losses.
+
+    Object-weighted L1 (as :func:`train_vae`) + ``decoder_perceptual_weight`` x
+    :class:`PerceptualDistance`. L1 alone averages texture away (the first decoder painted grass as
+    a smooth green wash); the perceptual term asks for the backbone's edges and textures too.
+    """
+    decoder = [p for name, p in vae.named_parameters() if name.startswith(("decoder.", "post_quant_conv."))]
+    vae.requires_grad_(False)
+    for p in decoder:
+        p.requires_grad_(True)
+    perceptual = PerceptualDistance()
+    opt = torch.optim.AdamW(decoder, lr=spec.decoder_lr, weight_decay=0.0)
+    batches = _sampler(data.weights, spec.vae_batch_size, rng)
+    losses = []
+    vae.eval()
+    vae.decoder.train()
+    bar = tqdm(range(spec.decoder_steps), desc="decoder", disable=not progress)
+    log = TenthsLog("decoder step", spec.decoder_steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = spec.decoder_lr * _lr_factor(step, spec.decoder_steps, spec.warmup_steps)
+        idx = next(batches)
+        x = _to_signed(data.images[idx])
+        w = 1.0 + spec.vae_object_weight * data.masks[idx].float()[:, None]
+        if rng.random() < 0.5:
+            x, w = x.flip(-1), w.flip(-1)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=gen)
+        recon = vae.decode(z).sample
+        l1 = ((recon - x).abs() * w).sum() / (w.sum() * x.shape[1])
+        loss = l1 + spec.decoder_perceptual_weight * perceptual(recon, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder, spec.grad_clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+        _show_loss(bar, log, step, losses[-50:], progress)
+    vae.eval()
+    vae.requires_grad_(False)
+    return losses
+
+
 @torch.no_grad()
 def encode_all(vae: torch.nn.Module, images_u8: torch.Tensor,
                batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -483,9 +566,10 @@ def train_inpainter(records: RecordSet | None, out_dir: str | Path, spec: Inpain
     when complete; an existing non-empty ``out_dir`` is a :class:`ConfigError` unless ``overwrite``
     (then it is replaced only once the new model is complete). Returns ``out_dir``.
 
-    ``init``: a folder this function wrote earlier, to train further. Its VAE, scaling factor and
-    tokenizer are kept (the latent space must not move under a trained UNet), the VAE phase is
-    skipped, and the UNet + text encoder continue for ``spec.unet_steps`` steps with a fresh
+    ``init``: a folder this function wrote earlier, to train further. Its VAE encoder, scaling
+    factor and tokenizer are kept (the latent space must not move under a trained UNet), the VAE
+    phase is skipped, the decoder is fine-tuned for ``spec.decoder_steps`` steps, and the UNet +
+    text encoder continue for ``spec.unet_steps`` steps (0: keep them as they are) with a fresh
     learning-rate schedule; its record is nested under ``"init"`` in the new one.
     """
     spec = spec or InpainterSpec()
@@ -496,6 +580,9 @@ def train_inpainter(records: RecordSet | None, out_dir: str | Path, spec: Inpain
         given = "given" if records is not None else "None"
         raise ConfigError(f"corpus={spec.corpus!r} with records={given}: "
                           "expected records for corpus 'dataset' and none for corpus 'pretrain'")
+    if spec.unet_steps == 0 and init is None:
+        raise ConfigError("unet_steps=0 without init: expected a UNet to train (--steps >= 1) or a "
+                          "trained model to start from (--init)")
     sizes = spec.model_sizes
     # Checked before the corpus is drawn (minutes for 16 000 images): a wrong --init fails at once.
     init_record = _init_record(init, sizes) if init is not None else None
@@ -514,12 +601,16 @@ def train_inpainter(records: RecordSet | None, out_dir: str | Path, spec: Inpain
         else:
             pipe = load_inpaint_pipeline(str(init))
             vae_losses = []
+        decoder_losses = (finetune_decoder(pipe.vae, data, spec, rng, gen, progress)
+                          if spec.decoder_steps else [])
         pipe.vae.requires_grad_(False)
-        posterior = encode_all(pipe.vae, data.images)
-        if init_record is None:
-            pipe.vae.register_to_config(scaling_factor=latent_scaling_factor(*posterior, gen))
         t1 = time.perf_counter()
-        unet_losses = train_denoiser(pipe, data, spec, rng, gen, posterior, progress)
+        unet_losses = []
+        if spec.unet_steps:
+            posterior = encode_all(pipe.vae, data.images)
+            if init_record is None:
+                pipe.vae.register_to_config(scaling_factor=latent_scaling_factor(*posterior, gen))
+            unet_losses = train_denoiser(pipe, data, spec, rng, gen, posterior, progress)
         t2 = time.perf_counter()
         pipe.save_pretrained(tmp, safe_serialization=True)
         sizes_record = {"seed": spec.seed, **dataclasses.asdict(sizes)}
@@ -529,7 +620,8 @@ def train_inpainter(records: RecordSet | None, out_dir: str | Path, spec: Inpain
             "data": _data_record(spec, records, data),
             "scaling_factor": float(pipe.vae.config.scaling_factor),
             "vae_loss_start_end": loss_start_end(vae_losses) if vae_losses else None,
-            "unet_loss_start_end": loss_start_end(unet_losses),
+            "decoder_loss_start_end": loss_start_end(decoder_losses) if decoder_losses else None,
+            "unet_loss_start_end": loss_start_end(unet_losses) if unet_losses else None,
             "seconds": {"vae": round(t1 - t0, 1), "unet": round(t2 - t1, 1)},
             "torch_threads": torch.get_num_threads(),
             "versions": {"torch": torch.__version__, "diffusers": _version("diffusers"),
