@@ -444,6 +444,14 @@ GENERATE_INPUTS = ("select", "mask", "inpaint", "prune", "generate", "seed")
 """The config a generated sample depends on: a rerun into a folder made with other values would mix them."""
 
 
+def inpaint_model_stamp(cfg: RaydbbConfig) -> dict[str, str]:
+    """``{"inpaint.model": name@digest}`` (:func:`raydbb.assets.model_stamp`): what the tokens and
+    repaints depend on beyond the config's values; ``{}`` without a model."""
+    from raydbb.assets import model_stamp
+
+    return {"inpaint.model": model_stamp(cfg.inpaint.model)} if cfg.inpaint.model else {}
+
+
 def config_values(cfg: RaydbbConfig, prefixes: tuple[str, ...]) -> dict[str, Any]:
     """``{dotted.field: value}`` of ``cfg`` under ``prefixes`` (``"inpaint"``, ``"data.root"``),
     resource fields left out: what a step's result depends on."""

@@ -10,6 +10,7 @@
       select/                scores.parquet (per-sample ERM loss), selected.csv (majority proxies)
       tau.json               τ_y of the probability rule (Eq. 3)
       generate_config.yaml   the settings the repaints were made with
+      generate_models.json   and the contents of the models they name (a digest per model)
       manifest/ images/ masks/   the generated samples (see raydbb.engine.manifest)
       ddb/                   the retrained (DDB) checkpoint
       tune/                  threshold search: trials.csv, best.yaml
@@ -102,6 +103,10 @@ class RunDir:
         return self._p("generate_config.yaml")
 
     @property
+    def generate_models(self) -> Path:
+        return self._p("generate_models.json")
+
+    @property
     def manifest(self) -> Path:
         return self._p(MANIFEST_DIR)
 
@@ -140,5 +145,6 @@ class RunDir:
     @property
     def generated(self) -> list[Path]:
         """Everything the generate step writes (moved aside together when it re-runs)."""
-        return [self.manifest, self.images, self.masks, self.select, self.tau, self.generate_config]
+        return [self.manifest, self.images, self.masks, self.select, self.tau, self.generate_config,
+                self.generate_models]
 

@@ -17,6 +17,8 @@ metadata, ``~/.aws``); nothing here reads or stores them.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import posixpath
@@ -262,3 +264,24 @@ def build_folder(dest: str | Path) -> Iterator[Path]:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def folder_digest(folder: str | Path) -> str:
+    """SHA-256 (16 hex digits) of every regular file under a local ``folder``: relative path and
+    bytes, in sorted order. Memoised on the files' sizes and modification times, so a rerun that
+    checks a multi-GB model folder hashes it once per process."""
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    listing = tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _digest(str(root.resolve()), listing)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(root: str, listing: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for rel, _, _ in listing:
+        digest.update(rel.encode() + b"\0")
+        with open(Path(root) / rel, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]

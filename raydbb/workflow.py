@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from raydbb import storage
-from raydbb.config import GENERATE_INPUTS, RaydbbConfig, changed_values, config_values
+from raydbb.config import GENERATE_INPUTS, RaydbbConfig, changed_values, config_values, inpaint_model_stamp
 from raydbb.errors import ConfigError, RaydbbError
 from raydbb.ids import safe_join
 from raydbb.rundir import METRICS_FILE, RunDir
@@ -64,6 +64,9 @@ class Step:
     """What the step writes; moved to ``OUT/.stale`` before it re-runs with changed inputs."""
     reads: tuple[str, ...] | None = None
     """The earlier steps whose outputs it reads (their run ids join its fingerprint); None = all."""
+    stamps: Callable[[RaydbbConfig], dict[str, str]] | None = None
+    """Contents it reads beyond config values (a model folder's files), joined to its inputs as
+    ``stamp.<name>``: replacing them under the same name makes the step out of date."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,12 +168,14 @@ INVERT = Step(
     ("invert", "inpaint.model", "select", "mask", "generate.classifier", "seed"), _invert,
     done_file=lambda c: RunDir(c.out).tokens,
     outputs=lambda c: [RunDir(c.out).tokens, RunDir(c.out).token_pool],
+    stamps=inpaint_model_stamp,
 )
 GENERATE = Step(
     "generate", "select, mask, inpaint, prune -> OUT/images, OUT/manifest",
     GENERATE_INPUTS, _generate,
     done_file=lambda c: RunDir(c.out).manifest,
     outputs=lambda c: RunDir(c.out).generated,
+    stamps=inpaint_model_stamp,
 )
 RETRAIN = Step(
     "retrain", "originals + kept repaints, λ-weighted loss, from the ERM weights -> OUT/ddb",
@@ -258,7 +263,8 @@ def step_inputs(step: Step, cfg: RaydbbConfig, options: dict[str, Any] | None = 
     """The config values ``step`` depends on, as ``{dotted.field: value}`` (resource fields left out),
     plus the command-line ``options`` that change its result, as ``option.<name>``."""
     given = {f"option.{k}": v for k, v in sorted((options or {}).items())}
-    return {**config_values(cfg, step.inputs), **given}
+    stamps = {f"stamp.{k}": v for k, v in sorted(step.stamps(cfg).items())} if step.stamps else {}
+    return {**config_values(cfg, step.inputs), **stamps, **given}
 
 
 def fingerprint(inputs: dict[str, Any], upstream: dict[str, str | None]) -> str:

@@ -145,6 +145,17 @@ def test_rerun_with_changed_settings_is_refused_then_recorded_when_allowed(ray_l
     assert load_config(out / "generate_config.yaml").inpaint.guidance_scale == 2.0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest"), before)
 
+    # The same name for other model files (a retrained or updated inpainter) is another setting too.
+    scheduler = root / "sd" / "scheduler" / "scheduler_config.json"
+    original = scheduler.read_text()
+    scheduler.write_text(original + "\n")
+    try:
+        assert main(["generate", "--config", str(config), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "holds samples made with other settings (stamp.inpaint.model: " in err
+    finally:
+        scheduler.write_text(original)
+
     again = _generate(config, capsys, "--allow-changed", *changed)
     assert again["written"] == 0  # every sample was already there
     history = json.loads((out / "generate_changes.json").read_text())

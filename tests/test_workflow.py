@@ -13,6 +13,9 @@ from raydbb.config import RaydbbConfig, load_config
 from raydbb.errors import ConfigError, RaydbbError
 from raydbb.rundir import CONFIG_FILE, STALE_DIR, STEPS_DIR
 from raydbb.workflow import (
+    GENERATE,
+    INVERT,
+    TRAIN_ERM,
     Step,
     pipeline_steps,
     read_marker,
@@ -202,3 +205,28 @@ def test_real_synth_train_evaluate_then_rerun_skips(ray_local, tmp_path: Path, c
     assert main(["evaluate", "--no-progress", *overrides]) == 0
     assert f"wrote {run / 'metrics.json'}" in capsys.readouterr().out
     assert json.loads((run / "metrics.json").read_text()) == metrics
+
+
+def test_a_model_replaced_under_the_same_name_makes_invert_and_generate_out_of_date(tmp_path: Path) -> None:
+    from raydbb.storage import folder_digest
+
+    model = tmp_path / "model"
+    (model / "vae").mkdir(parents=True)
+    (model / "vae" / "weights.bin").write_bytes(b"round 2")
+    cfg = load_config(None, [f"out={tmp_path / 'run'}", f"inpaint.model={model}"])
+    first = step_inputs(GENERATE, cfg)["stamp.inpaint.model"]
+    assert first == f"{model}@{folder_digest(model)}"
+    assert step_inputs(INVERT, cfg)["stamp.inpaint.model"] == first
+    assert "stamp.inpaint.model" not in step_inputs(TRAIN_ERM, cfg)  # ERM does not read the inpainter
+    (model / "vae" / "weights.bin").write_bytes(b"round 3")  # same name, same size, new contents
+    assert step_inputs(GENERATE, cfg)["stamp.inpaint.model"] != first
+    # The digest is of the contents, not of where they live; a hub id is its own stamp.
+    copy = tmp_path / "copy"
+    (copy / "vae").mkdir(parents=True)
+    (copy / "vae" / "weights.bin").write_bytes(b"round 3")
+    assert folder_digest(copy) == folder_digest(model)
+    (copy / "vae" / "weights.bin").rename(copy / "vae" / "other.bin")
+    assert folder_digest(copy) != folder_digest(model)
+    sd2 = "stabilityai/stable-diffusion-2-inpainting"
+    hub = load_config(None, [f"out={tmp_path / 'run'}", f"inpaint.model={sd2}"])
+    assert step_inputs(GENERATE, hub)["stamp.inpaint.model"] == sd2

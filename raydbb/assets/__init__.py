@@ -56,6 +56,17 @@ def resolve_packaged(name: str) -> str:
     return str(path)
 
 
+def model_stamp(name: str) -> str:
+    """What a config's model name stands for, for run fingerprints: ``<name>@<digest>`` of a local
+    folder's files (a packaged model included), so a model replaced under the same name makes the
+    steps that use it run again instead of mixing its output with the old model's; a hub id is
+    returned as it is (its files are not there to read)."""
+    from raydbb.storage import folder_digest
+
+    path = Path(resolve_packaged(name)).expanduser()
+    return f"{name}@{folder_digest(path)}" if path.is_dir() else name
+
+
 def packaged_name(path: str) -> str:
     """The inverse of :func:`resolve_packaged`: a path inside the installed package's assets ->
     ``package:<asset>[/<file>]``; anything else unchanged.

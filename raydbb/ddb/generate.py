@@ -197,18 +197,23 @@ def generation_stages(cfg: RaydbbConfig, class_names: list[str], ckpt: Path, tau
 def check_same_settings(cfg: RaydbbConfig, allow_changed: bool = False) -> None:
     """Refuse to add samples to a run folder whose manifest was made with other settings.
 
-    The settings are the :data:`~raydbb.config.GENERATE_INPUTS` recorded in ``generate_config.yaml``.
-    With ``allow_changed`` the change is appended to ``generate_changes.json`` (the run's provenance)
-    and the run goes on.
+    The settings are the :data:`~raydbb.config.GENERATE_INPUTS` recorded in ``generate_config.yaml``
+    and the digest of the inpainting model's files in ``generate_models.json`` (a model replaced
+    under the same name is another setting). With ``allow_changed`` the change is appended to
+    ``generate_changes.json`` (the run's provenance) and the run goes on.
     """
-    from raydbb.config import GENERATE_INPUTS, changed_values, config_values, load_config
+    from raydbb.config import GENERATE_INPUTS, changed_values, config_values, inpaint_model_stamp, load_config
     from raydbb.engine.manifest import part_files
 
     run = RunDir(cfg.out)
     if not run.generate_config.is_file() or not part_files(run.root):
         return
-    old = config_values(load_config(run.generate_config), GENERATE_INPUTS)
-    changed = changed_values(old, config_values(cfg, GENERATE_INPUTS))
+    recorded = json.loads(run.generate_models.read_text()) if run.generate_models.is_file() else {}
+    old = {**config_values(load_config(run.generate_config), GENERATE_INPUTS),
+           **{f"stamp.{k}": v for k, v in recorded.items()}}
+    new = {**config_values(cfg, GENERATE_INPUTS),
+           **{f"stamp.{k}": v for k, v in inpaint_model_stamp(cfg).items()}}
+    changed = changed_values(old, new)
     if not changed:
         return
     if not allow_changed:
@@ -254,6 +259,10 @@ def run_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool = True,
     check_same_settings(cfg, allow_changed)
     run.root.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(run.generate_config)
+    from raydbb import storage
+    from raydbb.config import inpaint_model_stamp
+
+    storage.write_json(run.generate_models, inpaint_model_stamp(cfg))
     ckpt = classifier_dir(cfg, cfg.generate.classifier)
     records = load_records(cfg.data)
     meta_names = read_classifier_meta(ckpt).get("class_names")
