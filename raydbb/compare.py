@@ -29,7 +29,7 @@ import pandas as pd
 
 from raydbb import storage
 from raydbb.baselines.registry import METHODS, PAPER_DATASETS, PAPER_ONLY, get_method, resolve_grid
-from raydbb.config import RaydbbConfig, config_values
+from raydbb.config import RaydbbConfig, config_values, inpaint_model_stamp
 from raydbb.errors import ConfigError, RaydbbError
 from raydbb.rundir import RunDir
 
@@ -41,9 +41,12 @@ TABLE_MD = "table.md"
 def fingerprint(cfg: RaydbbConfig, method: str, seed: int, grid: dict[str, list[Any]]) -> str:
     """Hash of what decides a method x seed's result: the config fields the method reads
     (``Method.reads``; resource settings and ``out`` left out), the seed and the grid. A change to
-    DDB's sections therefore reruns DDB only, not ERM and the baselines."""
+    DDB's sections therefore reruns DDB only, not ERM and the baselines; so does an inpainting model
+    replaced under the same name (:func:`~raydbb.config.inpaint_model_stamp`)."""
     reads = get_method(method).reads
     values = config_values(cfg, reads if reads is not None else tuple(RaydbbConfig.model_fields))
+    if reads is None or any(r.split(".")[0] == "inpaint" for r in reads):  # the model's files too
+        values |= {f"stamp.{k}": v for k, v in inpaint_model_stamp(cfg).items()}
     doc = {"config": values, "method": method, "seed": int(seed), "grid": grid}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -96,6 +96,14 @@ def test_compare_fingerprint_holds_only_what_the_method_reads(tmp_path):
     assert all(changed[m] != base[m] for m in base)
     # DaC's fine-tuning phase has retrain's epochs and lr; ERM and JTT do not read them.
     assert [prints("retrain.epochs=9")[m] == base[m] for m in base] == [True, True, False, False]
+    # An inpainter replaced in place (same inpaint.model) reruns DDB, and only DDB.
+    model = tmp_path / "inpainter"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"round 2")
+    before = prints(f"inpaint.model={model}")
+    (model / "weights.bin").write_bytes(b"round 3")
+    after = prints(f"inpaint.model={model}")
+    assert [after[m] == before[m] for m in base] == [True, True, True, False]
 
 
 def test_compare_plan_runs_erm_first_and_adds_it_when_needed(tmp_path):
