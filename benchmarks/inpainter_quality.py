@@ -55,6 +55,7 @@ from benchmarks.fixtures import CLASS_NAMES, bench_dir
 from benchmarks.machine import machine_info
 from benchmarks.results import markdown_table, section_header, update_results
 from benchmarks.sampling import Sampler, load_average
+from raydbb.assets import QUALITY_GATE_RECORD
 from raydbb.config import InpaintConfig, StageResources
 from raydbb.configs import demo_config
 from raydbb.data.images import read_image, read_mask, write_png_atomic
@@ -64,6 +65,7 @@ from raydbb.ddb.stages.inpaint import InpaintStage
 from raydbb.ddb.stages.mask import dilate_mask
 from raydbb.engine.stage import object_column
 from raydbb.models.classifier import small_cnn
+from raydbb.storage import write_json
 from raydbb.tools.inpainter_training import centred_on
 
 COMMAND = "python -m benchmarks.inpainter_quality"
@@ -436,6 +438,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "wall_seconds": round(time.perf_counter() - t0, 1)}
 
 
+def write_record(model: Path, summary: dict[str, Any], command: str) -> Path:
+    """The gate's results, without this machine's paths, into ``model/``:data:`QUALITY_GATE_RECORD`."""
+    keep = ("model_name", "model_corpus", "data_seed", "steps", "guidance", "dilate", "scheduler",
+            "judge", "results", "gate")
+    record = {**{k: summary[k] for k in keep}, "command": command,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    path = model / QUALITY_GATE_RECORD
+    write_json(path, record)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     demo = demo_config(bench_dir() / "unused")  # the demo's sampler settings are the defaults
     parser = argparse.ArgumentParser(description=__doc__,
@@ -458,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid-rows", type=int, default=8, help="example rows per direction")
     parser.add_argument("--grid-zoom", type=int, default=3, help="nearest-neighbour zoom of the grid")
     parser.add_argument("--json", metavar="PATH", help="also write the results here")
+    parser.add_argument("--record", action="store_true",
+                        help=f"also write them into the model folder as {QUALITY_GATE_RECORD}, where "
+                             "`raydbb report` finds them for runs that use this model")
     parser.add_argument("--results", type=Path, default=None,
                         help="RESULTS.md to update (default: ours; 'none' to skip)")
     args = parser.parse_args(argv)
@@ -483,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
                        **({"path": args.results} if args.results else {}))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    if args.record:
+        write_record(Path(args.model), summary, command)
     return 0 if all(summary["gate"].values()) else 1
 
 

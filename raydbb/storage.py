@@ -266,12 +266,12 @@ def build_folder(dest: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def folder_digest(folder: str | Path) -> str:
-    """SHA-256 (16 hex digits) of every regular file under a local ``folder``: relative path and
-    bytes, in sorted order. Memoised on the files' sizes and modification times, so a rerun that
-    checks a multi-GB model folder hashes it once per process."""
+def folder_digest(folder: str | Path, ignore: tuple[str, ...] = ()) -> str:
+    """SHA-256 (16 hex digits) of every regular file under a local ``folder`` (but the relative
+    paths in ``ignore``): relative path and bytes, in sorted order. Memoised on the files' sizes
+    and modification times, so a rerun that checks a multi-GB model folder hashes it once per process."""
     root = Path(folder)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in ignore)
     listing = tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     return _digest(str(root.resolve()), listing)
 

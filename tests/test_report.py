@@ -202,3 +202,32 @@ def test_report_shows_the_comparison_when_the_run_holds_one(run_dir: Path) -> No
     html = write_report(run_dir).read_text()
     assert "id='comparison'" in html and "55.0 ± 7.1" in html
     assert "groupdro (reference: train group labels)" in html
+
+
+def test_report_shows_the_quality_gate_recorded_in_the_model(run_dir: Path, tmp_path: Path) -> None:
+    from benchmarks.inpainter_quality import write_record
+    from raydbb.assets import QUALITY_GATE_RECORD
+    from raydbb.config import load_config
+
+    model = tmp_path / "inpainter"
+    model.mkdir()
+    cfg = load_config(run_dir / "config.yaml", [f"inpaint.model={model}", "inpaint.guidance_scale=8"])
+    cfg.to_yaml(run_dir / "config.yaml")
+    assert "No quality gate is recorded for" in render_report(read_run(run_dir))
+
+    row = {"direction": "landbird->waterbird", "n": 100, "target_rate": 0.94, "leak": 0.004,
+           "judge_on_sources": 1.0, "own_rate": 0.99, "vae_psnr": 23.21, "vae_sharpness_ratio": 0.218}
+    summary = {"model": str(model), "root": "/somewhere/bench", "grid": "/somewhere/examples.png",
+               "model_name": "inpainter", "model_corpus": "pretrain", "data_seed": 0, "steps": 20,
+               "guidance": 4.0, "dilate": 8, "scheduler": "DDIMScheduler", "judge": {},
+               "results": [row], "gate": {"a_target_rate": True, "b_leak": True, "c_judge_on_sources": True}}
+    path = write_record(model, summary, "python -m benchmarks.inpainter_quality --record")
+    assert path == model / QUALITY_GATE_RECORD
+    assert "/somewhere" not in path.read_text()  # no paths of the machine that measured it
+    text = render_report(read_run(run_dir))
+    assert ("<td>landbird-&gt;waterbird</td><td>100</td><td>94.0</td><td>0.4</td><td>100.0</td><td>99.0</td>"
+            "<td>23.2 dB / 0.22</td>") in text
+    assert "gate: (a) pass, (b) pass, (c) pass" in text
+    # The run's own sampler and mask settings (the default config's) are not the gate's: said so.
+    assert ("Measured with other settings than this run's: steps 20 (this run: 50); guidance 4.0 "
+            "(this run: 8.0); dilate 8 (this run: 0).") in text

@@ -8,7 +8,9 @@ step markers in ``.steps/`` — and writes ``OUT/report.html`` with:
 * a grid of source / mask / repaint images of kept and pruned samples, with their scores
   (p_y(x'), τ_y, p_y'(x'), IG score) and the keep/prune reason;
 * counts by prune reason, the τ per class and the δ / probability rule used;
-* stage throughput (manifest per-row timings, the generate step's wall time, every step's time).
+* stage throughput (manifest per-row timings, the generate step's wall time, every step's time);
+* the quality gate of the run's inpainting model, when its folder holds one
+  (:data:`~raydbb.assets.QUALITY_GATE_RECORD`, written by ``benchmarks.inpainter_quality --record``).
 
 Every image — matplotlib charts (rendered with the Agg canvas, no pyplot state) and the sample
 thumbnails — is a PNG embedded as a base64 ``data:`` URI, so the file can be mailed or archived
@@ -37,7 +39,7 @@ from raydbb.errors import DataError
 from raydbb.rundir import RunDir
 
 MODELS = (("erm", "ERM"), ("ddb", "DDB"))
-SECTIONS = ("accuracy", "samples", "pruning", "throughput")
+SECTIONS = ("accuracy", "samples", "pruning", "throughput", "gate")
 """``id`` of every section the report always has (tests check for them)."""
 THUMB = 96  # thumbnail side in CSS pixels (64 px synthetic images are shown enlarged, pixelated)
 
@@ -83,7 +85,23 @@ def read_run(run: str | Path) -> dict[str, Any]:
         "markers": markers,
         "manifest": read_manifest(root),
         "compare": _read_compare(run_dir.compare / "results.csv"),
+        "gate": _read_gate((config or {}).get("inpaint", {}).get("model")),
     }
+
+
+def _read_gate(model: str | None) -> dict[str, Any] | None:
+    """The quality-gate record in the inpainting model's folder (a packaged name resolved), if any."""
+    from raydbb.assets import QUALITY_GATE_RECORD, resolve_packaged
+    from raydbb.errors import RaydbbError
+
+    if not model:
+        return None
+    try:
+        folder = Path(resolve_packaged(str(model)))
+    except RaydbbError:  # a packaged model this install does not ship: nothing to show
+        return None
+    record = _read_json(folder / QUALITY_GATE_RECORD) if folder.is_dir() else None
+    return {**record, "model": str(model)} if record else {"model": str(model)}
 
 
 def _read_compare(path: Path) -> pd.DataFrame | None:
@@ -442,6 +460,40 @@ justify-content:center;text-align:center}
 """
 
 
+def _gate_section(run: dict[str, Any]) -> str:
+    gate = run.get("gate")
+    if not gate:
+        return "<p class='missing'>No inpainting model in this run's config.</p>"
+    if "results" not in gate:
+        return (f"<p class='missing'>No quality gate is recorded for <code>{_esc(gate['model'])}</code>. "
+                "For the synthetic benchmark: <code>python -m benchmarks.inpainter_quality --model DIR "
+                "--record</code>.</p>")
+    rows = [[r["direction"], r["n"], _pct(r["target_rate"]), _pct(r["leak"]), _pct(r["judge_on_sources"]),
+             _pct(r["own_rate"]),
+             f"{r['vae_psnr']:.1f} dB / {r['vae_sharpness_ratio']:.2f}" if "vae_psnr" in r else "–"]
+            for r in gate["results"]]
+    verdict = "gate: " + ", ".join(f"({name.split('_')[0]}) {'pass' if ok else 'FAIL'}"
+                                   for name, ok in gate["gate"].items())
+    inpaint, mask = run["config"].get("inpaint", {}), run["config"].get("mask", {})
+    used = {"steps": inpaint.get("steps"), "guidance": inpaint.get("guidance_scale"),
+            "dilate": mask.get("dilate")}
+    differ = [f"{k} {gate.get(k)} (this run: {v})" for k, v in used.items()
+              if v is not None and gate.get(k) is not None and float(v) != float(gate[k])]
+    note = (f"<p class='missing'>Measured with other settings than this run's: {_esc('; '.join(differ))}.</p>"
+            if differ else "")
+    return (f"<p class='meta'>Model <code>{_esc(gate['model'])}</code>, measured "
+            f"{_esc(gate.get('date', '?'))} by <code>{_esc(gate.get('command', '?'))}</code>: "
+            f"{gate.get('steps')} steps, guidance {gate.get('guidance')}, "
+            f"mask dilation {gate.get('dilate')} px. A judge that sees only the painted region says "
+            "which bird was painted (a); (b) is the share of mask pixels in the target's "
+            "majority-background colours; (c) the judge on the unedited birds. Targets: (a) ≥ 90 % "
+            "each direction, (b) ≤ 10 %, (c) ≥ 98 %.</p>"
+            + _table(["direction", "n", "(a) judged as target %", "(b) background leak %",
+                      "(c) judge on sources %", "own-class → own %", "VAE round trip: PSNR / sharpness"],
+                     rows)
+            + f"<p>{_esc(verdict)}</p>" + note)
+
+
 def render_report(run: dict[str, Any], per_reason: int = 6) -> str:
     """The whole report as one HTML string (see the module docstring)."""
     cfg = run["config"]
@@ -454,6 +506,7 @@ def render_report(run: dict[str, Any], per_reason: int = 6) -> str:
         "samples": ("Repaints: source / mask / repaint, kept and pruned", _samples_section(run, per_reason)),
         "pruning": ("Pruning: counts by reason, τ and δ", _pruning_section(run)),
         "throughput": ("Throughput", _throughput_section(run)),
+        "gate": ("Inpainter quality gate", _gate_section(run)),
     }
     if run.get("compare") is not None:
         sections["comparison"] = ("Comparison with other methods (raydbb compare)",
