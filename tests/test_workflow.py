@@ -230,3 +230,14 @@ def test_a_model_replaced_under_the_same_name_makes_invert_and_generate_out_of_d
     sd2 = "stabilityai/stable-diffusion-2-inpainting"
     hub = load_config(None, [f"out={tmp_path / 'run'}", f"inpaint.model={sd2}"])
     assert step_inputs(GENERATE, hub)["stamp.inpaint.model"] == sd2
+
+
+def test_the_packaged_inpainter_is_stamped_by_its_package_name(tmp_path: Path) -> None:
+    from raydbb.assets import QUALITY_GATE_RECORD, synthetic_inpainter_path
+    from raydbb.storage import folder_digest
+
+    path = synthetic_inpainter_path()
+    expected = f"package:synthetic_inpainter@{folder_digest(path, ignore=(QUALITY_GATE_RECORD,))}"
+    for name in (str(path), "package:synthetic_inpainter"):  # as the demo fills it in, as a config names it
+        cfg = load_config(None, [f"out={tmp_path}", f"inpaint.model={name}"])
+        assert step_inputs(GENERATE, cfg)["stamp.inpaint.model"] == expected

@@ -68,7 +68,10 @@ def model_stamp(name: str) -> str:
 
     path = Path(resolve_packaged(name)).expanduser()
     # The gate's record describes the model; measuring it again does not change what it paints.
-    return f"{name}@{folder_digest(path, ignore=(QUALITY_GATE_RECORD,))}" if path.is_dir() else name
+    if not path.is_dir():
+        return name
+    # Named as configs are written (package:...), so moving the install does not change the stamp.
+    return f"{packaged_name(name)}@{folder_digest(path, ignore=(QUALITY_GATE_RECORD,))}"
 
 
 def packaged_name(path: str) -> str:
