@@ -43,8 +43,8 @@ Re-running the same command into the same OUT resumes: finished steps are skippe
 run re-run takes seconds); a changed setting re-runs its step and everything after it, moving
 the old outputs to OUT/.stale/.
 
-About 6 minutes on 2 idle CPU cores, up to 9 on a busy one (seed 0: test worst-group accuracy
-ERM 54.3 -> DDB 97.3; docs/results.md has every seed). --fast runs tiny sizes (a smoke test of
+About 3 minutes on 2 idle CPU cores, up to 9 on a busy one (seed 0: test worst-group accuracy
+ERM 54.3 -> DDB 97.7; docs/results.md has every seed). --fast runs tiny sizes (a smoke test of
 every step; its numbers mean nothing). Any config field can be overridden:
 raydbb demo --out runs/d retrain.epochs=6
 
