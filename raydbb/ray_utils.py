@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+import tempfile
 
 from raydbb.config import RayConfig
 from raydbb.errors import RaydbbError
@@ -72,11 +74,59 @@ def _start_local(cfg: RayConfig) -> None:
             logging_level=logging.WARNING,
             log_to_driver=True,
             runtime_env={"env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}",
-                                      "RAY_API_SERVER_ADDRESS": NO_API_SERVER},
+                                      "RAY_API_SERVER_ADDRESS": NO_API_SERVER,
+                                      # Ray Train's watcher reports spot-node preemptions; a local
+                                      # instance has no such nodes, and the actor it starts logs the
+                                      # restart notice of absorb_actor_restart_notice.
+                                      "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"},
                          "worker_process_setup_hook": "raydbb.ray_utils.quiet_worker_logs"},
         )
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]  # a later instance in this process picks its own
+
+
+RESTART_NOTICE = "has constructor arguments in the object store and max_restarts > 0"
+_notice_absorbed = False
+
+
+def absorb_actor_restart_notice() -> None:
+    """Take Ray's once-per-process restart notice for actor pools off the user's screen.
+
+    Ray's core worker logs an error-level line ("... has constructor arguments in the object store
+    and max_restarts > 0 ...") the first time a process creates a restartable actor with an
+    argument passed by reference. Ray Data creates every actor pool that way (its data context and
+    map function go by reference) and holds those references for the pool's lifetime, so the
+    restart the line warns about works; to a user it reads like a failure. The line is logged once
+    per process, so a throwaway actor is created here with stderr captured, which spends it; any
+    other output captured in that instant is passed on. Keeping ``max_restarts=0`` instead would
+    turn a crashed actor into a failed run. Idempotent; needs Ray initialised.
+    """
+    global _notice_absorbed
+    if _notice_absorbed:
+        return
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=1)
+    class _Spend:
+        def __init__(self, _arg: object) -> None:
+            pass
+
+    arg = ray.put(0)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            actor = _Spend.remote(arg)  # the core worker logs the notice synchronously, here
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        ray.kill(actor)
+        captured.seek(0)
+        other = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                 if RESTART_NOTICE not in line]
+    sys.stderr.write("".join(other))
+    _notice_absorbed = True
 
 
 def quiet_worker_logs() -> None:

@@ -14,6 +14,7 @@ from raydbb.cli import main
 from raydbb.config import load_config
 from raydbb.configs import demo_config
 from raydbb.errors import ConfigError
+from raydbb.ray_utils import RESTART_NOTICE
 
 METRIC_KEYS = {"worst_group_accuracy", "worst_group", "average_accuracy", "weighted_average_accuracy",
                "group_accuracy", "group_count", "num_samples"}
@@ -108,6 +109,7 @@ def test_fast_demo_log_reads_clean(fast_demo_in_a_process) -> None:
            or "Warning" in line or "warnings.warn" in line
            or "[transformers]" in line or "[diffusers]" in line]  # library advice, not the user's
     assert bad == [], "\n".join(bad[:20])
+    assert RESTART_NOTICE not in log  # Ray's restart notice for actor pools (an "E" line, no "ERROR")
     assert log.count("[1/7] synth: draw") == 1  # each step's header once
 
 

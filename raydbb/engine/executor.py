@@ -44,9 +44,10 @@ def start_engine(engine: str, ray_cfg: RayConfig, progress: bool = True) -> None
         return
     import ray
 
-    from raydbb.ray_utils import init_ray, quiet_progress_notice
+    from raydbb.ray_utils import absorb_actor_restart_notice, init_ray, quiet_progress_notice
 
     init_ray(ray_cfg)
+    absorb_actor_restart_notice()
     # Ray Data's per-operator progress (bars on a terminal, log lines in a job's log)
     ray.data.DataContext.get_current().enable_progress_bars = progress
     if not progress:
