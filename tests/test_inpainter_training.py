@@ -87,10 +87,13 @@ def test_training_reduces_losses_and_saves_a_loadable_pipeline(records, tmp_path
     assert result.shape == (1, 16, 16, 3) and np.isfinite(result).all()
 
 
-def test_pretraining_corpus_is_the_default_and_is_recorded(records, tmp_path):
+def test_pretraining_corpus_is_the_default_and_is_recorded(records, tmp_path, capsys):
     assert InpainterSpec().corpus == "pretrain"  # the shipped model never saw the benchmark
     spec = tiny_spec(corpus="pretrain", corpus_n=24, corpus_seed=3)
     out = train_inpainter(None, tmp_path / "p", spec, progress=False)
+    # Without bars, drawing the corpus says how far it got (a tenth of 24 is 2.4 images).
+    logged = capsys.readouterr().err
+    assert "pretrain corpus: 3/24 images" in logged and "pretrain corpus: 24/24 images" in logged
     data = json.loads((out / TRAINING_RECORD).read_text())["data"]
     assert data["corpus"] == "pretrain" and data["seed"] == 3 and data["indices"] == [0, 24]
     assert data["benchmark_images_seen"] == 0 and data["train_rows"] == 24

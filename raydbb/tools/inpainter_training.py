@@ -54,7 +54,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,15 @@ def sampling_weights(labels: np.ndarray, groups: np.ndarray, balance: str) -> np
     return weights / weights.sum()
 
 
+def _counted(items: Iterable[Any], total: int, desc: str, progress: bool) -> Iterator[Any]:
+    """``items`` under a progress bar, or, without one, with a log line at each tenth of ``total``."""
+    log = TenthsLog(f"{desc}:", total, "images")
+    for done, item in enumerate(tqdm(items, total=total, desc=desc, disable=not progress), start=1):
+        yield item
+        if not progress:
+            log(done)
+
+
 def load_training_set(records: RecordSet, image_size: int, balance: str = "group",
                       progress: bool = True) -> TrainingSet:
     """Read the ``train`` split's images and object masks, resized to ``image_size``.
@@ -123,7 +132,7 @@ def load_training_set(records: RecordSet, image_size: int, balance: str = "group
     if frame.empty:
         raise DataError(f"{records.name}: the train split is empty; expected training images")
     images, masks, has_mask = [], [], []
-    for row in tqdm(frame.itertuples(index=False), total=len(frame), desc="read train", disable=not progress):
+    for row in _counted(frame.itertuples(index=False), len(frame), "read train", progress):
         image = read_image(row.path)
         images.append(to_model_input([image], image_size)[0].mul(255).round().to(torch.uint8))
         if row.mask is None:
@@ -162,7 +171,7 @@ def pretrain_training_set(spec: InpainterSpec, image_size: int, progress: bool =
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
     masks = torch.empty(n, image_size, image_size, dtype=torch.bool)
     labels, backgrounds = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-    for i in tqdm(range(n), desc="pretrain corpus", disable=not progress):
+    for i in _counted(range(n), n, "pretrain corpus", progress):
         s = render_pretrain_sample(spec.corpus_seed, i, image_size, spec.corpus_colours)
         images[i] = torch.from_numpy(s.sample.image).permute(2, 0, 1)
         masks[i] = torch.from_numpy(s.sample.mask)
