@@ -332,6 +332,10 @@ class RetrainConfig(Section):
     head_on_features: bool = Field(
         False, description="train the linear head only, on backbone features computed once with the "
                            "evaluation transform (fast_epochs at fast_lr; what --fast and raydbb tune do)")
+    round_trip_originals: bool = Field(
+        False, description="pass every original training image through inpaint.model's VAE inside its "
+                           "dataset mask (dilated by mask.dilate), as the repaints are, so that the "
+                           "decoder's patch does not mark the repaints (needs a mask per image)")
     epochs: int = Field(5, ge=1, description="epochs of (full) retraining; val WGA selects one")
     lr: float = Field(1e-4, gt=0, description="learning rate (optimizer etc. from the train section)")
     fast_epochs: int = Field(20, ge=1, description="fast mode (head on cached features): epochs")

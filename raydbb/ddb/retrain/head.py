@@ -20,6 +20,7 @@ import torch
 
 from raydbb.config import RaydbbConfig, TrainConfig
 from raydbb.ddb.retrain.loss import RepaintWeightedLoss, per_class_values
+from raydbb.ddb.retrain.originals import training_originals
 from raydbb.ddb.retrain.repaints import RepaintChoice, repaint_counts, repaint_records, select_repaints
 from raydbb.ddb.retrain.run import (
     RetrainInputs,
@@ -68,7 +69,7 @@ def build_feature_cache(cfg: RaydbbConfig, inputs: RetrainInputs, progress: bool
     from raydbb.training.metrics import train_group_fractions
 
     records = inputs.records
-    train, val = records.split("train"), records.split("val")
+    train, val = training_originals(cfg, records.split("train"), progress), records.split("val")
     if val.empty:
         raise DataError("no validation rows: model selection needs a val split")
     model, meta = load_classifier(inputs.checkpoint, device=cfg.device)

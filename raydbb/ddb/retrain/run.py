@@ -19,6 +19,7 @@ import pandas as pd
 from raydbb.config import RaydbbConfig, TrainConfig
 from raydbb.ddb.redecide import run_folder
 from raydbb.ddb.retrain.loss import RepaintWeightedLoss, per_class_values
+from raydbb.ddb.retrain.originals import training_originals
 from raydbb.ddb.retrain.repaints import (
     REPAINT,
     RepaintChoice,
@@ -187,7 +188,8 @@ def run_retrain(cfg: RaydbbConfig, manifest_dir: str | Path | None = None,
     inputs = load_inputs(cfg, manifest_dir)
     print(describe_inputs(inputs))
     records = inputs.records
-    frame = retrain_frame(records.split("train"), repaint_records(inputs.repaint_rows()))
+    originals = training_originals(cfg, records.split("train"), progress)
+    frame = retrain_frame(originals, repaint_records(inputs.repaint_rows()))
     spec = replace(
         erm_spec(cfg, records), train=retrain_train_config(cfg), classifier=None,
         init_checkpoint=str(inputs.checkpoint.resolve()), head_only=cfg.retrain.last_layer_only,

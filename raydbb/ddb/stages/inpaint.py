@@ -59,7 +59,7 @@ def scheduler_class(name: str) -> type:
     return cls
 
 
-def _resize(array: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_bilinear(array: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(N,C,H,W) float -> (N,C,*size), bilinear + antialias (the same resize both ways)."""
     if tuple(array.shape[-2:]) == tuple(size):
         return array
@@ -134,8 +134,8 @@ class InpaintStage(Stage):
                 raise DataError(f"mask of shape {m.shape} for an image of shape {im.shape}: expected the "
                                 "mask stage's mask at the source resolution")
         # torch.tensor copies: Ray hands batches over as read-only views of the object store.
-        image_t = torch.cat([_resize(torch.tensor(im).permute(2, 0, 1)[None].float() / 255.0, (side, side))
-                             for im in images])
+        image_t = torch.cat([resize_bilinear(torch.tensor(im).permute(2, 0, 1)[None].float() / 255.0,
+                                             (side, side)) for im in images])
         # Nearest keeps the working mask binary; any covered pixel is repainted.
         mask_t = torch.cat([F.interpolate(torch.from_numpy(np.ascontiguousarray(m != 0)).float()[None, None],
                                           size=(side, side), mode="nearest") for m in masks])
@@ -150,7 +150,7 @@ class InpaintStage(Stage):
         results = []
         for j, (src, m) in enumerate(zip(images, masks, strict=True)):
             h, w = src.shape[:2]
-            back = _resize(out[j:j + 1], (h, w))[0].permute(1, 2, 0).clamp(0, 1).mul(255).round()
+            back = resize_bilinear(out[j:j + 1], (h, w))[0].permute(1, 2, 0).clamp(0, 1).mul(255).round()
             image = back.to(torch.uint8).numpy()
             if self.cfg.paste_back:
                 image = np.where((m != 0)[..., None], image, src)
