@@ -34,7 +34,8 @@ background), through the same steps a cluster run takes:
   generate   dataset masks -> inpaint each majority proxy as the other class with the small
              inpainter shipped in the package -> prune (probability rule, IG rule)
              -> OUT/images, OUT/masks, OUT/manifest
-  retrain    originals + kept repaints (lambda-weighted loss) from the ERM weights -> OUT/ddb
+  retrain    originals (given the inpainter's VAE patch inside their masks) + kept repaints,
+             lambda-weighted loss, full fine-tuning from the ERM weights -> OUT/ddb
   evaluate   both models on val and test -> OUT/metrics.json ("erm" and "ddb")
   report     OUT/report.html (charts, sample grid, prune counts, throughput)
 
@@ -43,8 +44,8 @@ Re-running the same command into the same OUT resumes: finished steps are skippe
 run re-run takes seconds); a changed setting re-runs its step and everything after it, moving
 the old outputs to OUT/.stale/.
 
-About 3 minutes on 2 idle CPU cores, up to 9 on a busy one (seed 0: test worst-group accuracy
-ERM 54.3 -> DDB 97.7; docs/results.md has every seed). --fast runs tiny sizes (a smoke test of
+About 6 minutes on 2 idle CPU cores, up to 12 on a busy one (seed 0: test worst-group accuracy
+ERM 54.3 -> DDB 96.0; docs/results.md has every seed). --fast runs tiny sizes (a smoke test of
 every step; its numbers mean nothing). Any config field can be overridden:
 raydbb demo --out runs/d retrain.epochs=6
 
