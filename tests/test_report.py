@@ -121,6 +121,9 @@ def test_report_numbers(run_dir: Path) -> None:
     assert "<td>inpaint</td><td>3</td><td>500.0</td><td>2.00</td>" in text
     assert "4 samples written in 10.0 s" in text
     assert "pruned: no_mask" in text and "no repaint" in text and "pruned: prob" in text
+    # what the retraining trained, from the run's config (the default: whole network, no round trip)
+    assert "<td>retrain: trains</td><td>the whole network</td>" in text
+    assert "<td>retrain: originals through the inpainter&#x27;s VAE in their masks</td><td>no</td>" in text
 
 
 def test_prune_counts_by_reason_and_target(run_dir: Path) -> None:

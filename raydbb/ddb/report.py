@@ -366,7 +366,9 @@ def _pruning_section(run: dict[str, Any]) -> str:
         settings += [["retrain: repaints from", retrain.get("prune_from", "n/a")],
                      ["retrain: λ", json.dumps(retrain.get("lambdas"))],
                      ["retrain: trains", "the head, on cached features" if retrain.get("head_on_features")
-                      else "the head" if retrain.get("last_layer_only") else "the whole network"]]
+                      else "the head" if retrain.get("last_layer_only") else "the whole network"],
+                     ["retrain: originals through the inpainter's VAE in their masks",
+                      "yes" if retrain.get("round_trip_originals") else "no"]]
     if tau:
         settings += [[f"τ {k}", _num(v, 4)] for k, v in tau.items()]
     parts.append(_table(["setting", "value"], settings, "settings"))
