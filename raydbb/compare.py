@@ -16,7 +16,6 @@ CelebA and MetaShift) are written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -48,7 +47,7 @@ def fingerprint(cfg: RaydbbConfig, method: str, seed: int, grid: dict[str, list[
     if reads is None or any(r.split(".")[0] == "inpaint" for r in reads):  # the model's files too
         values |= {f"stamp.{k}": v for k, v in inpaint_model_stamp(cfg).items()}
     doc = {"config": values, "method": method, "seed": int(seed), "grid": grid}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return storage.json_digest(doc)
 
 
 def read_result(run_dir: Path, fp: str) -> dict[str, Any] | None:

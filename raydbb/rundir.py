@@ -30,6 +30,7 @@ from raydbb.ids import safe_join, sanitize_id
 
 CONFIG_FILE = "config.yaml"
 STEPS_DIR = ".steps"
+ROUND_TRIP_DIR = "round_trip"
 STALE_DIR = ".stale"
 METRICS_FILE = "metrics.json"
 
@@ -121,6 +122,10 @@ class RunDir:
     @property
     def tune(self) -> Path:
         return self._p("tune")
+
+    def round_trip(self, key: str) -> Path:
+        """Originals round-tripped through an inpainter's VAE, one folder per model and setting."""
+        return self._p(ROUND_TRIP_DIR, sanitize_id(key))
 
     @property
     def export(self) -> Path:

@@ -276,6 +276,12 @@ def folder_digest(folder: str | Path, ignore: tuple[str, ...] = ()) -> str:
     return _digest(str(root.resolve()), listing)
 
 
+def json_digest(doc: object, length: int = 16) -> str:
+    """SHA-256 (``length`` hex digits) of ``doc`` as JSON with sorted keys (``str`` for anything
+    JSON has no type for): the same value for the same content, whatever the key order."""
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 @functools.lru_cache(maxsize=16)
 def _digest(root: str, listing: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()

@@ -27,7 +27,6 @@ is written to ``OUT/config.yaml``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -269,8 +268,7 @@ def step_inputs(step: Step, cfg: RaydbbConfig, options: dict[str, Any] | None = 
 
 def fingerprint(inputs: dict[str, Any], upstream: dict[str, str | None]) -> str:
     """Hash of a step's inputs and the run ids of the steps before it."""
-    text = json.dumps({"inputs": inputs, "upstream": upstream}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return storage.json_digest({"inputs": inputs, "upstream": upstream})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,22 +9,18 @@ them, and another model or setting gets a folder of its own instead of mixing wi
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import pandas as pd
 
 from raydbb.config import RaydbbConfig, inpaint_model_stamp
 from raydbb.errors import ConfigError
 from raydbb.rundir import RunDir
-
-ROUND_TRIP_DIR = "round_trip"
+from raydbb.storage import json_digest
 
 
 def round_trip_key(cfg: RaydbbConfig) -> str:
     """12 hex digits naming the model (files' digest), ``mask.dilate`` and ``inpaint.resolution``."""
     what = {**inpaint_model_stamp(cfg), "dilate": cfg.mask.dilate, "resolution": cfg.inpaint.resolution}
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+    return json_digest(what, 12)
 
 
 def training_originals(cfg: RaydbbConfig, train: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
@@ -42,7 +38,7 @@ def training_originals(cfg: RaydbbConfig, train: pd.DataFrame, progress: bool = 
     from raydbb.engine.executor import execute, start_engine
     from raydbb.engine.stage import on_device
 
-    out_dir = RunDir(cfg.out).root / ROUND_TRIP_DIR / round_trip_key(cfg)
+    out_dir = RunDir(cfg.out).round_trip(round_trip_key(cfg))
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = RoundTripStage(cfg.inpaint.model, cfg.mask.dilate, out_dir, cfg.inpaint.resolution,
                            resources=cfg.inpaint.resources)
