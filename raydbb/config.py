@@ -240,7 +240,17 @@ class InpaintConfig(Section):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     resolution: int | None = Field(None, ge=8, description="working resolution; None = model default")
     paste_back: bool = Field(True, description="copy unmasked source pixels back exactly")
+    match_noise: bool = Field(False, description=(
+        "add Gaussian noise inside the painted region up to the source's noise level around it "
+        "(the decoder smooths pixel noise away, a seam a classifier can learn); needs paste_back"))
     resources: StageResources = StageResources(batch_size=4, model_batch_size=4)
+
+    @model_validator(mode="after")
+    def _noise_needs_paste_back(self) -> InpaintConfig:
+        if self.match_noise and not self.paste_back:
+            raise ValueError("inpaint.match_noise=true with inpaint.paste_back=false: the noise is matched "
+                             "to the untouched pixels around the mask; expected paste_back=true")
+        return self
 
 
 class PruneConfig(Section):

@@ -87,6 +87,18 @@ def test_without_paste_back_only_the_resolution_is_restored(model_dir, shared_pi
     assert (image[outside] != batch["source_image"][0][outside]).any()  # VAE + resizes change them
 
 
+def test_match_noise_changes_only_the_painted_pixels_and_follows_the_seed(model_dir, shared_pipe):
+    batch = _batch(2)
+    plain = _stage(model_dir, pipe=shared_pipe)(batch)["image"]
+    noisy = _stage(model_dir, match_noise=True, pipe=shared_pipe)(batch)["image"]
+    again = _stage(model_dir, match_noise=True, model_batch_size=1, pipe=shared_pipe)(batch)["image"]
+    for src, mask, a, b, c in zip(batch["source_image"], batch["mask"], plain, noisy, again, strict=True):
+        outside = mask == 0
+        np.testing.assert_array_equal(b[outside], src[outside])
+        assert (a[~outside] != b[~outside]).any()  # uniform-noise sources: noise added in the mask
+        np.testing.assert_array_equal(b, c)
+
+
 def test_seeds_not_batching_decide_the_output(model_dir, shared_pipe):
     batch = _batch(3)
     one = _stage(model_dir, model_batch_size=1, pipe=shared_pipe)(batch)["image"]

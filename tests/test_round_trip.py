@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -54,6 +56,22 @@ def test_stage_repaints_only_the_dilated_mask_and_reuses_its_files(model_dir, tm
     assert [p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()] == first  # reused, not rewritten
 
 
+def test_stage_matches_noise_when_asked_and_only_inside_the_region(model_dir, tmp_path):
+    rows = _rows(tmp_path)
+    batch = {k: object_column(list(rows[k])) for k in ("sample_id", "path", "mask")}
+    plain = RoundTripStage(str(model_dir), dilate=2, out_dir=tmp_path / "plain")(batch)["round_trip_path"]
+    stage = RoundTripStage(str(model_dir), dilate=2, out_dir=tmp_path / "noisy", match_noise=True)
+    noisy = stage(batch)["round_trip_path"]
+    for i in range(len(rows)):
+        source, a, b = read_image(rows["path"][i]), read_image(plain[i]), read_image(noisy[i])
+        region = dilate_mask(read_image(rows["mask"][i])[..., 0] != 0, 2).astype(bool)
+        assert (b[~region] == source[~region]).all()
+        assert (a[region] != b[region]).any()  # uniform-noise sources: the patch gets noise back
+    shutil.rmtree(tmp_path / "noisy")
+    again = stage(batch)["round_trip_path"]  # seeded by the sample id: the same files again
+    assert all((read_image(x) == read_image(y)).all() for x, y in zip(noisy, again, strict=True))
+
+
 def _cfg(tmp_path, **retrain):
     return build_config({"out": str(tmp_path / "run"), "data": {"name": "synthetic", "root": str(tmp_path)},
                          "inpaint": {"model": str(tmp_path / "model")}, "retrain": retrain})
@@ -67,8 +85,9 @@ def test_originals_unchanged_unless_asked_and_one_line_without_masks(tmp_path):
                            rows.assign(mask=[rows["mask"][0], None]))
 
 
-def test_round_trip_folder_follows_model_and_dilation(tmp_path):
+def test_round_trip_folder_follows_model_dilation_and_noise_matching(tmp_path):
     base = _cfg(tmp_path, round_trip_originals=True)
     other = base.model_copy(update={"mask": base.mask.model_copy(update={"dilate": base.mask.dilate + 1})})
-    assert round_trip_key(base) != round_trip_key(other)
+    noisy = base.model_copy(update={"inpaint": base.inpaint.model_copy(update={"match_noise": True})})
+    assert len({round_trip_key(base), round_trip_key(other), round_trip_key(noisy)}) == 3
     assert round_trip_key(base) == round_trip_key(_cfg(tmp_path, round_trip_originals=True))

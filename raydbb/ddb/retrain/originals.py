@@ -18,8 +18,11 @@ from raydbb.storage import json_digest
 
 
 def round_trip_key(cfg: RaydbbConfig) -> str:
-    """12 hex digits naming the model (files' digest), ``mask.dilate`` and ``inpaint.resolution``."""
+    """12 hex digits naming the model (files' digest), ``mask.dilate``, ``inpaint.resolution`` and,
+    when on, ``inpaint.match_noise`` (left out when off, so earlier folders keep their key)."""
     what = {**inpaint_model_stamp(cfg), "dilate": cfg.mask.dilate, "resolution": cfg.inpaint.resolution}
+    if cfg.inpaint.match_noise:
+        what["match_noise"] = True
     return json_digest(what, 12)
 
 
@@ -41,7 +44,7 @@ def training_originals(cfg: RaydbbConfig, train: pd.DataFrame, progress: bool = 
     out_dir = RunDir(cfg.out).round_trip(round_trip_key(cfg))
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = RoundTripStage(cfg.inpaint.model, cfg.mask.dilate, out_dir, cfg.inpaint.resolution,
-                           resources=cfg.inpaint.resources)
+                           cfg.inpaint.match_noise, resources=cfg.inpaint.resources)
     on_device([stage], cfg.device)
     start_engine("ray", cfg.ray, progress)
     paths: dict[str, str] = {}

@@ -15,6 +15,8 @@ Resolution: the source image and mask are resized to a square working resolution
 result is resized back (bilinear, antialiased) to the source's height and width. With
 ``inpaint.paste_back`` every pixel outside the mask is then copied from the source, so unmasked
 pixels are exactly the source's (the VAE round trip and the resizes would otherwise blur them).
+With ``inpaint.match_noise`` the painted region then gets the source's pixel noise back
+(:mod:`raydbb.ddb.grain`), drawn from the row's seed.
 
 Columns added: ``image`` (uint8 HxWx3 at source resolution), ``prompt``, ``token``,
 ``inpaint_model``, ``t_inpaint`` (model seconds per row). Rows already decided upstream pass
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from raydbb.config import InpaintConfig
+from raydbb.ddb.grain import match_noise
 from raydbb.engine.stage import Batch, Stage, empty_image, num_rows, object_column, pending_rows
 from raydbb.errors import ConfigError, DataError
 
@@ -154,6 +157,8 @@ class InpaintStage(Stage):
             image = back.to(torch.uint8).numpy()
             if self.cfg.paste_back:
                 image = np.where((m != 0)[..., None], image, src)
+            if self.cfg.match_noise:
+                image = match_noise(image, src, m != 0, np.random.default_rng(int(seeds[j])))
             results.append(np.ascontiguousarray(image, dtype=np.uint8))
         return results
 

@@ -7,7 +7,8 @@ a cue that decides *which* rule to use — the bird inside a patch, the backgrou
 sharp minority-group birds of the test split then fall to the background rule. Giving every original
 the same patch (encode to the posterior mean, decode, paste back inside the mask dilated as the
 inpainter's) leaves the patch no information about whether an image is a repaint, or about its
-label. ``retrain.round_trip_originals`` turns this on (docs/method.md).
+label. ``retrain.round_trip_originals`` turns this on (docs/method.md). With ``inpaint.match_noise``
+the patch gets its noise back as a repaint's does, drawn from a generator seeded by the sample id.
 
 Columns read: ``sample_id``, ``path``, ``mask`` (the dataset's object mask file). Columns added:
 ``round_trip_path`` (the PNG written under ``out_dir``, named from the sanitised ``sample_id``).
@@ -22,6 +23,7 @@ import torch
 
 from raydbb.config import StageResources
 from raydbb.data.images import read_image, read_mask, write_png_atomic
+from raydbb.ddb.grain import match_noise
 from raydbb.ddb.stages.inpaint import resize_bilinear
 from raydbb.ddb.stages.mask import dilate_mask
 from raydbb.engine.stage import Batch, Stage, num_rows
@@ -35,10 +37,10 @@ class RoundTripStage(Stage):
     name = "round_trip"
 
     def __init__(self, model: str, dilate: int, out_dir: str | Path, resolution: int | None = None,
-                 resources: StageResources | None = None) -> None:
+                 match_noise: bool = False, resources: StageResources | None = None) -> None:
         super().__init__(resources)
         self.model, self.dilate, self.out_dir = model, int(dilate), str(out_dir)
-        self.resolution = resolution
+        self.resolution, self.match_noise = resolution, bool(match_noise)
         self.vae = None
 
     def setup(self) -> None:
@@ -75,7 +77,11 @@ class RoundTripStage(Stage):
                 if mask.shape != image.shape[:2]:
                     raise DataError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image "
                                     f"{path} is {image.shape[1]}x{image.shape[0]}; expected the same size")
-                region = dilate_mask(mask, self.dilate).astype(bool)[..., None]
-                write_png_atomic(out, np.where(region, self.reconstruct(image), image))
+                region = dilate_mask(mask, self.dilate).astype(bool)
+                patched = np.where(region[..., None], self.reconstruct(image), image)
+                if self.match_noise:
+                    rng = np.random.default_rng(list(str(sample_id).encode()))
+                    patched = match_noise(patched, image, region, rng)
+                write_png_atomic(out, patched)
             paths[i] = str(out)
         return {**batch, "round_trip_path": paths}
