@@ -32,7 +32,7 @@ A grid of examples is saved as PNG (per row: source | mask | cross-class repaint
 sees | own-class repaint | oracle) and the table goes to RESULTS.md. Steps, guidance and dilation
 default to the demo's (``raydbb/configs/demo.yaml``).
 
-    python -m benchmarks.inpainter_quality [--model DIR] [--n 100] [--steps N] [--guidance G] [--dilate PX]
+    python -m benchmarks.inpainter_quality [--model DIR] [--n 100] [--steps N] [--guidance G] [--dilate PX] [--no-match-noise]
 """
 
 from __future__ import annotations
@@ -416,7 +416,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     records = load_records(DataConfig(name="synthetic", root=str(data)))
     judge, judge_info = load_judge(root)
     cfg = InpaintConfig(model=args.model, steps=args.steps, guidance_scale=args.guidance,
-                        scheduler=args.scheduler,
+                        scheduler=args.scheduler, match_noise=args.match_noise,
                         resources=StageResources(batch_size=args.batch, model_batch_size=args.batch))
     stage = InpaintStage(cfg, CLASS_NAMES)
     stage.setup()
@@ -432,7 +432,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     name, corpus = _model_meta(args.model)
     return {"model": args.model, "model_name": name, "model_corpus": corpus, "root": str(root),
             "data_seed": args.data_seed, "steps": args.steps, "guidance": args.guidance,
-            "dilate": args.dilate,
+            "dilate": args.dilate, "match_noise": args.match_noise,
             "scheduler": type(stage.pipe.scheduler).__name__, "threads": args.threads, "judge": judge_info,
             "results": results, "gate": gate(results), "grid": str(grid_path),
             "wall_seconds": round(time.perf_counter() - t0, 1)}
@@ -440,8 +440,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_record(model: Path, summary: dict[str, Any], command: str) -> Path:
     """The gate's results, without this machine's paths, into ``model/``:data:`QUALITY_GATE_RECORD`."""
-    keep = ("model_name", "model_corpus", "data_seed", "steps", "guidance", "dilate", "scheduler",
-            "judge", "results", "gate")
+    keep = ("model_name", "model_corpus", "data_seed", "steps", "guidance", "dilate", "match_noise",
+            "scheduler", "judge", "results", "gate")
     record = {**{k: summary[k] for k in keep}, "command": command,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     path = model / QUALITY_GATE_RECORD
@@ -463,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="diffusers scheduler class (default: the demo's, %(default)s)")
     parser.add_argument("--dilate", type=int, default=demo.mask.dilate,
                         help="mask dilation radius in pixels (default %(default)s)")
+    parser.add_argument("--match-noise", action=argparse.BooleanOptionalAction,
+                        default=demo.inpaint.match_noise,
+                        help="restore the source's pixel noise in the painted region (default: the demo's, "
+                             "%(default)s)")
     parser.add_argument("--data-seed", type=int, default=0, help="synthetic benchmark seed (default 0)")
     parser.add_argument("--batch", type=int, default=8, help="images per pipeline call")
     parser.add_argument("--seed", type=int, default=0)
