@@ -29,10 +29,11 @@ judge does not read the mask's outline (views of the mask filled with the source
 only, no bird: a judge reading outlines would call them the source's class).
 
 A grid of examples is saved as PNG (per row: source | mask | cross-class repaint | what the judge
-sees | own-class repaint | oracle) and the table goes to RESULTS.md. Steps, guidance and dilation
-default to the demo's (``raydbb/configs/demo.yaml``).
+sees | own-class repaint | oracle) and the table goes to RESULTS.md. Steps, guidance, dilation and
+noise matching default to the demo's (``raydbb/configs/demo.yaml``).
 
-    python -m benchmarks.inpainter_quality [--model DIR] [--n 100] [--steps N] [--guidance G] [--dilate PX] [--no-match-noise]
+    python -m benchmarks.inpainter_quality [--model DIR] [--n 100] [--steps N] [--guidance G] [--dilate PX]
+        [--no-match-noise]
 """
 
 from __future__ import annotations
