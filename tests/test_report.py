@@ -222,7 +222,7 @@ def test_report_shows_the_quality_gate_recorded_in_the_model(run_dir: Path, tmp_
            "judge_on_sources": 1.0, "own_rate": 0.99, "vae_psnr": 23.21, "vae_sharpness_ratio": 0.218}
     summary = {"model": str(model), "root": "/somewhere/bench", "grid": "/somewhere/examples.png",
                "model_name": "inpainter", "model_corpus": "pretrain", "data_seed": 0, "steps": 20,
-               "guidance": 4.0, "dilate": 8, "scheduler": "DDIMScheduler", "judge": {},
+               "guidance": 4.0, "dilate": 8, "match_noise": True, "scheduler": "DDIMScheduler", "judge": {},
                "results": [row], "gate": {"a_target_rate": True, "b_leak": True, "c_judge_on_sources": True}}
     path = write_record(model, summary, "python -m benchmarks.inpainter_quality --record")
     assert path == model / QUALITY_GATE_RECORD
