@@ -12,6 +12,17 @@ from raydbb.errors import ConfigError
 ALL = np.ones((16, 16), dtype=bool)
 
 
+def _grey_with_noise(rng, sigma, side):
+    """A side x side x 3 uint8 image: grey 120 plus Gaussian noise of ``sigma`` grey levels."""
+    return np.clip(np.rint(120 + rng.normal(0, sigma, (side, side, 3))), 0, 255).astype(np.uint8)
+
+
+def _square(side, lo, hi):
+    region = np.zeros((side, side), dtype=bool)
+    region[lo:hi, lo:hi] = True
+    return region
+
+
 def test_sigma_of_flat_shading_and_streaks_is_zero():
     ramp = np.broadcast_to(np.arange(16, dtype=np.float64)[:, None, None] * 3, (16, 16, 3))
     streaks = np.broadcast_to(np.tile([10.0, 200.0], 8)[None, :, None], (16, 16, 3))  # vertical blades
@@ -40,10 +51,7 @@ def test_sigma_uses_only_whole_blocks_inside_the_region_and_needs_enough_of_them
 
 
 def test_patch_gets_the_noise_of_its_surroundings_and_nothing_else_changes():
-    rng = np.random.default_rng(1)
-    source = np.clip(np.rint(120 + rng.normal(0, 8, (64, 64, 3))), 0, 255).astype(np.uint8)
-    region = np.zeros((64, 64), dtype=bool)
-    region[16:48, 16:48] = True
+    source, region = _grey_with_noise(np.random.default_rng(1), 8, 64), _square(64, 16, 48)
     patched = source.copy()
     patched[region] = 120  # a decoder's smooth fill
     out = match_noise(patched, source, region, np.random.default_rng(2))
@@ -56,11 +64,8 @@ def test_patch_gets_the_noise_of_its_surroundings_and_nothing_else_changes():
 
 def test_patch_already_as_noisy_is_left_alone_and_a_tiny_surround_changes_nothing():
     rng = np.random.default_rng(3)
-    source = np.clip(np.rint(120 + rng.normal(0, 4, (32, 32, 3))), 0, 255).astype(np.uint8)
-    region = np.zeros((32, 32), dtype=bool)
-    region[8:24, 8:24] = True
-    noisy = source.copy()
-    noisy[region] = np.clip(np.rint(120 + rng.normal(0, 12, (int(region.sum()), 3))), 0, 255)
+    source, region = _grey_with_noise(rng, 4, 32), _square(32, 8, 24)
+    noisy = np.where(region[..., None], _grey_with_noise(rng, 12, 32), source)
     assert (match_noise(noisy, source, region, np.random.default_rng(0)) == noisy).all()
     almost_all = np.ones((32, 32), dtype=bool)
     almost_all[:2, :2] = False  # one block outside: no estimate of the surroundings

@@ -155,10 +155,11 @@ class InpaintStage(Stage):
             h, w = src.shape[:2]
             back = resize_bilinear(out[j:j + 1], (h, w))[0].permute(1, 2, 0).clamp(0, 1).mul(255).round()
             image = back.to(torch.uint8).numpy()
+            painted = m != 0
             if self.cfg.paste_back:
-                image = np.where((m != 0)[..., None], image, src)
+                image = np.where(painted[..., None], image, src)
             if self.cfg.match_noise:
-                image = match_noise(image, src, m != 0, np.random.default_rng(int(seeds[j])))
+                image = match_noise(image, src, painted, np.random.default_rng(int(seeds[j])))
             results.append(np.ascontiguousarray(image, dtype=np.uint8))
         return results
 
