@@ -178,7 +178,12 @@ def test_a_gpu_node_lost_mid_run_loses_and_duplicates_no_sample(sim_cluster, tin
     assert len(rows) == expected, f"{len(rows)} of {expected} samples"
     prune_line = next(line for line in stdout.splitlines()
                       if line.strip().startswith("prune ") and "(" in line)
-    assert "lost" in prune_line and prune_line.count("mask-prune-select") == 2, stdout
+    # the lost node is named as such; unless its actor had already pruned every sample before the
+    # kill (the driver may still be writing them), the restarted actor shows on the other node
+    by_node = dict(part.rsplit(": ", 1) for part in prune_line.split(None, 1)[1].split(", "))
+    lost = [node for node in by_node if "lost" in node]
+    assert lost, stdout
+    assert int(by_node[lost[0]]) == expected or len(by_node) == 2, stdout
     print(stdout)
     # the rerun finds the finished step (its marker) and does nothing
     again = run_job(sim_cluster, args)
