@@ -237,8 +237,12 @@ def result_rows(docs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _percent(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(values, errors="coerce").dropna() * 100
+
+
 def _mean_std(values: pd.Series) -> str:
-    v = pd.to_numeric(values, errors="coerce").dropna() * 100
+    v = _percent(values)
     if v.empty:
         return "n/a"
     if len(v) == 1:
@@ -246,10 +250,16 @@ def _mean_std(values: pd.Series) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
 
 
+def _min_max(values: pd.Series) -> str:
+    v = _percent(values)
+    return "n/a" if v.empty else f"{v.min():.1f}–{v.max():.1f}"
+
+
 def format_table(rows: pd.DataFrame, docs: list[dict[str, Any]], dataset: str) -> str:
-    """table.md: mean ± std over seeds per method (test, and val WGA), labels used, paper WGA."""
+    """table.md: mean ± std over seeds per method (test, and val WGA), the range of test WGA over
+    seeds, labels used, paper WGA."""
     paper = dataset in PAPER_DATASETS
-    head = ["method", "group labels (train/val)", "seeds", "test WGA %", "test avg %",
+    head = ["method", "group labels (train/val)", "seeds", "test WGA %", "test WGA min–max %", "test avg %",
             "test weighted avg %", "val WGA %"] + (["paper WGA %"] if paper else [])
     lines = [f"# raydbb compare on {dataset}", "",
              "Mean ± sample std over seeds; WGA = worst-group accuracy; avg = accuracy over all samples; "
@@ -262,7 +272,8 @@ def format_table(rows: pd.DataFrame, docs: list[dict[str, Any]], dataset: str) -
         test, val = mrows[mrows["split"] == "test"], mrows[mrows["split"] == "val"]
         meth = METHODS[method]
         cells = [titles[method], f"{meth.train_labels}/{meth.val_labels}", str(mrows["seed"].nunique()),
-                 _mean_std(test["worst_group_accuracy"]), _mean_std(test["average_accuracy"]),
+                 _mean_std(test["worst_group_accuracy"]), _min_max(test["worst_group_accuracy"]),
+                 _mean_std(test["average_accuracy"]),
                  _mean_std(test["weighted_average_accuracy"]), _mean_std(val["worst_group_accuracy"])]
         if paper:
             value = meth.paper_wga.get(dataset)
@@ -271,7 +282,7 @@ def format_table(rows: pd.DataFrame, docs: list[dict[str, Any]], dataset: str) -
     if paper:
         for title, values in PAPER_ONLY.values():
             value = values.get(dataset)
-            cells = [f"{title} (paper only, not run)", "", "", "", "", "", ""]
+            cells = [f"{title} (paper only, not run)"] + [""] * (len(head) - 2)
             lines.append("| " + " | ".join(cells + ["–" if value is None else f"{value:.1f}"]) + " |")
     lines += ["", "## Hyper-parameters", "",
               "| method | seed | chosen | grid | selection | wall s |", "|---|---|---|---|---|---|"]

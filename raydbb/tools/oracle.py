@@ -10,6 +10,9 @@ recorded, ``prune`` thresholds applied), the PNG writer and the Parquet manifest
 result bounds what retraining can gain on this benchmark when the repaints are perfect.
 
     python -m raydbb.tools.oracle --config jobs/configs/synthetic.yaml [section.field=value ...]
+
+:func:`run_oracle` (``--end-to-end``; ``raydbb compare --methods oracle``) runs the whole workflow
+around it: ERM, this generate step, retraining and evaluation.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ from raydbb.ddb.generate import Repainter, format_summary, run_generate
 from raydbb.ddb.stages.expand import ExpandStage
 from raydbb.engine.stage import Batch, Stage, empty_image, empty_mask, num_rows, object_column, pending_rows
 from raydbb.errors import DataError, RaydbbError
+from raydbb.workflow import GENERATE, INVERT, Step, pipeline_steps, run_steps
 
 ORACLE_MODEL = "synthetic-counterfactual"
 
@@ -97,6 +102,34 @@ def run_oracle_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool =
     return run_generate(cfg, engine, progress, repainter=oracle_repainter)
 
 
+def _oracle_generate_step(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
+    summary = run_oracle_generate(cfg, progress=progress)
+    print(format_summary(summary))
+    return summary
+
+
+def oracle_config(cfg: RaydbbConfig) -> RaydbbConfig:
+    """``cfg`` for the oracle: the originals are not round-tripped through the inpainter's VAE, since
+    no repaint went through it (a patch on the originals alone would mark them instead)."""
+    return cfg.model_copy(update={"retrain": cfg.retrain.model_copy(update={"round_trip_originals": False})})
+
+
+def oracle_pipeline(cfg: RaydbbConfig) -> list[Step]:
+    """The whole workflow's steps for ``cfg`` with perfect counterfactuals: no inversion (nothing is
+    prompted), the generate step redraws instead of masking and inpainting; ERM, retraining and
+    evaluation are the workflow's own."""
+    generate = replace(GENERATE, help="select, redraw with the other bird, prune -> OUT/images, OUT/manifest",
+                       run=_oracle_generate_step, stamps=None)
+    return [generate if s.name == GENERATE.name else s for s in pipeline_steps(cfg) if s.name != INVERT.name]
+
+
+def run_oracle(cfg: RaydbbConfig, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """DDB end to end with perfect counterfactuals in ``cfg.out`` (resumable like ``raydbb run``):
+    the upper bound of what DDB's retraining reaches when every repaint is the ideal one."""
+    cfg = oracle_config(cfg)
+    return run_steps(cfg, progress=progress, pipeline=oracle_pipeline(cfg))
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m raydbb.tools.oracle --config FILE [overrides]``."""
     from raydbb.config import add_config_args, config_from_args
@@ -107,10 +140,17 @@ def main(argv: list[str] | None = None) -> int:
                     "(the other bird, same background and pose) instead of mask + inpaint.")
     add_config_args(parser)
     parser.add_argument("--engine", choices=["ray", "loop"], default="ray")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="run the whole workflow around it (ERM, this generate step, retraining "
+                             "with the originals not round-tripped, evaluation), not the generate step alone")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        summary = run_oracle_generate(config_from_args(args), args.engine, progress=not args.no_progress)
+        cfg = config_from_args(args)
+        if args.end_to_end:
+            run_oracle(cfg, progress=not args.no_progress)
+            return 0
+        summary = run_oracle_generate(cfg, args.engine, progress=not args.no_progress)
     except RaydbbError as err:
         print(f"raydbb: error: {err}", file=sys.stderr)
         return 2
