@@ -262,7 +262,7 @@ def test_registry_labels_and_grids():
     labels = {n: (m.train_labels, m.val_labels) for n, m in METHODS.items()}
     assert labels == {"erm": ("✗", "✓"), "groupdro": ("✓", "✓"), "jtt": ("✗", "✓"), "dfr": ("✗", "✓✓"),
                       "afr": ("✗", "✓"), "lisa": ("✓", "✓"), "masktune": ("✗", "✗"), "dac": ("✗", "✓"),
-                      "ddb": ("✗", "✓")}
+                      "ddb": ("✗", "✓"), "oracle": ("✗", "✓")}
     assert METHODS["groupdro"].reference and "reference upper bound" in METHODS["groupdro"].label
     assert not any(m.reference for n, m in METHODS.items() if n != "groupdro")
     assert resolve_grid(get_method("jtt"), {"T": [1]}) == {"T": [1], "lambda_up": [20, 100]}

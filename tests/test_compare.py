@@ -188,3 +188,11 @@ def test_oracle_runs_the_ddb_workflow_with_perfect_repaints(ray_local, tmp_path)
     manifest = read_manifest(run)
     assert len(manifest) > 0 and set(manifest["inpaint_model"]) == {"synthetic-counterfactual"}
     assert "| DDB with perfect repaints" in summary["table"].read_text()
+
+
+def test_a_compare_seed_seeds_what_the_demo_seed_seeds(tmp_path):
+    from raydbb.baselines.common import seeded
+    from raydbb.configs import demo_config
+
+    ours, demo = seeded(demo_config(tmp_path), 3), demo_config(tmp_path, seed=3)
+    assert (ours.seed, ours.train.seed, ours.invert.seed) == (demo.seed, demo.train.seed, demo.invert.seed) == (3,) * 3

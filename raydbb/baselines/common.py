@@ -53,8 +53,10 @@ class MethodResult:
 
 
 def seeded(cfg: RaydbbConfig, seed: int) -> RaydbbConfig:
-    """``cfg`` with the run seed and the training seed set to ``seed``."""
-    return cfg.model_copy(update={"seed": seed, "train": cfg.train.model_copy(update={"seed": seed})})
+    """``cfg`` with the run, training and textual-inversion seeds set to ``seed``, as ``raydbb demo
+    --seed`` sets them: DDB in ``raydbb compare`` on one seed is the demo's run of that seed."""
+    return cfg.model_copy(update={"seed": seed, "train": cfg.train.model_copy(update={"seed": seed}),
+                                  "invert": cfg.invert.model_copy(update={"seed": seed})})
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
