@@ -165,3 +165,33 @@ def test_ig_cost_matches_captum_and_picks_a_setting(fx) -> None:
     if chosen is not None:
         assert chosen["agree_median"] >= 0.99 and chosen["agree_zero"] >= 0.99
     assert "IG pruning cost" in ig_cost.report(res, machine_info(), [])
+
+
+def test_comparison_section_from_hand_made_results(tmp_path) -> None:
+    from benchmarks import comparison
+
+    def doc(method, seed, wga, avg=0.9, wall=120.0):
+        m = {"worst_group_accuracy": wga, "average_accuracy": avg}
+        return {"method": method, "seed": seed, "metrics": {"val": m, "test": m}, "wall_seconds": wall}
+
+    docs = [doc("erm", 0, 0.5, 0.88), doc("erm", 1, 0.4, 0.86), doc("jtt", 0, 0.9), doc("jtt", 1, 0.92),
+            doc("dfr", 0, 0.95), doc("dfr", 1, 0.97), doc("ddb", 0, 0.97, 0.98, 300.0),
+            doc("ddb", 1, 0.98, 0.99, 360.0)]
+    gate = {"model_name": "synthetic_inpainter", "steps": 20, "guidance": 8.0, "match_noise": True,
+            "grid": "g.png", "gate": {"a_target_rate": True, "b_leak": True, "c_judge_on_sources": False},
+            "results": [{"direction": "landbird->waterbird", "target_rate": 0.94, "leak": 0.004,
+                         "judge_on_sources": 0.97}]}
+    data = {"seed": 0, "train_correlation": 0.95, "n_train": 3000, "n_val": 1200, "n_test": 1200, "size": 64}
+    text = comparison.report({"docs": docs, "seeds": [0, 1, 2], "gate": gate, "data": data},
+                             machine_info(), [1.0], "python -m benchmarks.comparison")
+    # ERM: 50 and 40 -> mean 45.0, sample std 7.1; seed 2 was not run.
+    assert "| ERM | ✗ / ✓ | 50.0 | 40.0 | – | **45.0 ± 7.1** | 40.0–50.0 | 87.0 | 45.0 | 2.0 |" in text
+    assert "| DDB | ✗ / ✓ | 97.0 | 98.0 | – | **97.5 ± 0.7** | 97.0–98.0 | 98.5 | 97.5 | 5.5 |" in text
+    # DFR (96.0) is the best method without train group labels: DDB +1.5.
+    assert "(DFR): **+1.5** points" in text and "against ERM's 87.0" in text
+    assert "(a) judged as target 94.0%, (b) background leak 0.4%, (c) judge on unedited birds 97.0%" in text
+    assert "(c) ≥ 98 %: FAIL" in text and "noise matching on" in text
+    update_results("comparison", text, tmp_path / "R.md")
+    assert SECTIONS[-1] == "comparison" and "<!-- begin comparison -->" in (tmp_path / "R.md").read_text()
+    with pytest.raises(SystemExit):
+        comparison.main(["--methods", "erm,nope"])
