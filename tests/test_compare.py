@@ -195,4 +195,12 @@ def test_a_compare_seed_seeds_what_the_demo_seed_seeds(tmp_path):
     from raydbb.configs import demo_config
 
     ours, demo = seeded(demo_config(tmp_path), 3), demo_config(tmp_path, seed=3)
-    assert (ours.seed, ours.train.seed, ours.invert.seed) == (demo.seed, demo.train.seed, demo.invert.seed) == (3,) * 3
+    seeds = [(c.seed, c.train.seed, c.invert.seed) for c in (ours, demo)]
+    assert seeds == [(3, 3, 3)] * 2
+
+
+def test_oracle_refuses_a_dataset_it_cannot_redraw_before_training(small_dataset, tmp_path):
+    cfg = load_config(None, _overrides(small_dataset, tmp_path / "run"))
+    with pytest.raises(ConfigError, match="data.name=csv: perfect counterfactuals exist only for the synth"):
+        run_compare(cfg, ["oracle"], [0], use_ray=False)
+    assert not (tmp_path / "run" / "compare" / "runs" / "oracle" / "seed_0" / "run" / "erm").exists()

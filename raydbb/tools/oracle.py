@@ -31,7 +31,7 @@ from raydbb.config import RaydbbConfig, StageResources
 from raydbb.ddb.generate import Repainter, format_summary, run_generate
 from raydbb.ddb.stages.expand import ExpandStage
 from raydbb.engine.stage import Batch, Stage, empty_image, empty_mask, num_rows, object_column, pending_rows
-from raydbb.errors import DataError, RaydbbError
+from raydbb.errors import ConfigError, DataError, RaydbbError
 from raydbb.workflow import GENERATE, INVERT, Step, pipeline_steps, run_steps
 
 ORACLE_MODEL = "synthetic-counterfactual"
@@ -110,7 +110,11 @@ def _oracle_generate_step(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
 
 def oracle_config(cfg: RaydbbConfig) -> RaydbbConfig:
     """``cfg`` for the oracle: the originals are not round-tripped through the inpainter's VAE, since
-    no repaint went through it (a patch on the originals alone would mark them instead)."""
+    no repaint went through it (a patch on the originals alone would mark them instead). Refuses any
+    dataset but the synthetic benchmark, before anything is trained: no other can redraw its images."""
+    if cfg.data.name != "synthetic":
+        raise ConfigError(f"data.name={cfg.data.name}: perfect counterfactuals exist only for the synthetic "
+                          "benchmark (data.name=synthetic)")
     return cfg.model_copy(update={"retrain": cfg.retrain.model_copy(update={"round_trip_originals": False})})
 
 
