@@ -67,10 +67,10 @@ def model_stamp(name: str) -> str:
     from raydbb.storage import folder_digest
 
     path = Path(resolve_packaged(name)).expanduser()
-    # The gate's record describes the model; measuring it again does not change what it paints.
     if not path.is_dir():
         return name
     # Named as configs are written (package:...), so moving the install does not change the stamp.
+    # The gate's record describes the model; measuring it again does not change what it paints.
     return f"{packaged_name(name)}@{folder_digest(path, ignore=(QUALITY_GATE_RECORD,))}"
 
 
