@@ -325,8 +325,10 @@ def cfg_class_names(cfg: RaydbbConfig, n: int) -> list[str]:
     return list(cfg.data.class_names or [f"class {i}" for i in range(n)])
 
 
-def _dataset(cfg: RaydbbConfig, plan: Plan, made_by_synth: bool) -> tuple[list[str], list[int]] | None:
-    """Read the dataset; add its counts to the plan. ``(class names, train count per class)``."""
+def _dataset(cfg: RaydbbConfig, plan: Plan, made_by_synth: bool,
+             round_trip: bool = False) -> tuple[list[str], list[int]] | None:
+    """Read the dataset; add its counts to the plan. ``(class names, train count per class)``.
+    ``round_trip``: every training image needs an object mask (``retrain.round_trip_originals``)."""
     from raydbb.data.registry import load_records
 
     d = cfg.data
@@ -350,6 +352,12 @@ def _dataset(cfg: RaydbbConfig, plan: Plan, made_by_synth: bool) -> tuple[list[s
         plan.lines.append("  train groups: " + ", ".join(f"{g} {n}" for g, n in counts["train"].items()))
     if cfg.mask.source == "dataset" and train["mask"].isna().all() and len(train):
         plan.problems.append(f"mask.source=dataset but the train split of {d.root} has no masks")
+    if round_trip:
+        from raydbb.ddb.retrain.originals import missing_masks
+
+        problem = missing_masks(train)
+        if problem:
+            plan.problems.append(problem)
     per_class = [int((train["label"] == i).sum()) for i in range(records.num_classes)]
     return list(records.class_names), per_class
 
@@ -377,21 +385,23 @@ def dry_run(cfg: RaydbbConfig, command: str = "pipeline", steps: list[str] | Non
         plan.problems.append(f"unknown step {unknown[0]!r}; expected some of {', '.join(STEP_NAMES)}")
     plan.lines.append(f"dry run of {command}: out={cfg.out}; steps: {' -> '.join(names)}")
     rundir = RunDir(cfg.out)
-    data = _dataset(cfg, plan, made_by_synth=cfg.data.name == "synthetic")
+    # retraining passes the originals through the inpainter's VAE: it needs the model and the masks
+    round_trip = "retrain" in names and cfg.retrain.round_trip_originals
+    data = _dataset(cfg, plan, made_by_synth=cfg.data.name == "synthetic", round_trip=round_trip)
     class_names, per_class = data if data else (cfg_class_names(cfg, 2), [])
 
     # models and inputs, step by step
     uses_inpainter = {"invert", "generate"} & set(names)
     if cfg.classifier.pretrained and cfg.classifier.weights and "train_erm" in names:
         _need(plan, Path(cfg.classifier.weights), "ImageNet weights file", None, "classifier.weights")
-    if uses_inpainter:
+    if uses_inpainter or round_trip:
         problem = check_inpainter(cfg.inpaint.model)
         plan.lines.append(f"inpainter: {cfg.inpaint.model}" + (" (configs read)" if not problem else ""))
         if problem:
             plan.problems.append(problem)
         elif "invert" in names and data:
             plan.problems += initializer_problems(cfg, class_names)
-        if cfg.mask.source == "text":
+        if uses_inpainter and cfg.mask.source == "text":
             for fname in ("mask.detector", "mask.segmenter"):
                 model = getattr(cfg.mask, fname.split(".")[1])
                 problem = check_transformers_model(model, fname)
@@ -425,6 +435,13 @@ def dry_run(cfg: RaydbbConfig, command: str = "pipeline", steps: list[str] | Non
             folder = Path(manifest) if manifest else rundir.root
             if not (folder / "manifest").is_dir() and not (folder.name == "manifest" and folder.is_dir()):
                 plan.awaited.append(f"{folder / 'manifest'}: the repaints, made by generate")
+        if name == "retrain" and round_trip:
+            from raydbb.ddb.retrain.originals import round_trip_key
+
+            n = f"{sum(per_class)} " if per_class else ""
+            plan.lines.append(f"round trip: the {n}training originals through the VAE of {cfg.inpaint.model} "
+                              f"inside their masks (dilated {cfg.mask.dilate} px) -> "
+                              f"{rundir.round_trip(round_trip_key(cfg))} (reused when there)")
 
     # resources
     res = resources or local_resources(cfg)

@@ -173,3 +173,23 @@ def test_task_stages_left_without_cpus_share_one_line_under_their_config_field()
     assert check_resources(plans, Resources("here", [Node("local", 3, 0)]), "cpu", False) == [
         "generate.io: stage load, expand, write: its tasks need 0.25 CPU that the actor pools leave on no "
         "node of the cluster (free: local 0 CPU + 0 GPU)"]
+
+
+def test_retrain_plans_the_round_trip_and_names_images_without_masks(tmp_path, capsys):
+    from test_erm import _write_dataset
+
+    work = tmp_path / "w"
+    work.mkdir()
+    assert main(["retrain", "--dry-run", *tiny(work), "retrain.round_trip_originals=true"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic_inpainter (configs read)" in out
+    assert "round trip: the 3000 training originals through the VAE of" in out  # the synthetic train split
+    groups = [("red", "grass"), ("blue", "sand")]
+    counts = {"train": dict.fromkeys(groups, 2), "val": dict.fromkeys(groups, 1)}
+    data = _write_dataset(tmp_path / "csv", counts)
+    args = ["retrain", "--dry-run", *tiny(work), "data.name=csv", f"data.root={data}",
+            "retrain.round_trip_originals=true"]
+    assert main(args) == 2
+    assert ("retrain.round_trip_originals=true: 4 of 4 training images have no object mask"
+            in capsys.readouterr().err)
+    nothing_started(work)

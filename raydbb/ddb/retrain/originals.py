@@ -26,17 +26,26 @@ def round_trip_key(cfg: RaydbbConfig) -> str:
     return json_digest(what, 12)
 
 
+def missing_masks(train: pd.DataFrame) -> str | None:
+    """The one-line problem when some of ``train``'s images have no object mask to round-trip inside
+    (checked by ``--dry-run`` too); None when every image has one."""
+    masks = train["mask"] if "mask" in train.columns else pd.Series(None, index=train.index)
+    missing = int((masks.isna() | (masks.astype(str) == "")).sum())
+    if not missing:
+        return None
+    return (f"retrain.round_trip_originals=true: {missing} of {len(train)} training images have no object "
+            "mask; expected the dataset to give one per image (its mask column), or set "
+            "retrain.round_trip_originals=false")
+
+
 def training_originals(cfg: RaydbbConfig, train: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
     """``train`` (the records' training split) with ``path`` pointing at the images retraining
     reads: unchanged, or with ``retrain.round_trip_originals`` the round-tripped copies."""
     if not cfg.retrain.round_trip_originals:
         return train
-    masks = train["mask"] if "mask" in train.columns else pd.Series(None, index=train.index)
-    missing = int((masks.isna() | (masks.astype(str) == "")).sum())
-    if missing:
-        raise ConfigError(f"retrain.round_trip_originals=true: {missing} of {len(train)} training images "
-                          "have no object mask; expected the dataset to give one per image (its mask "
-                          "column), or set retrain.round_trip_originals=false")
+    problem = missing_masks(train)
+    if problem:
+        raise ConfigError(problem)
     from raydbb.ddb.stages.round_trip import RoundTripStage
     from raydbb.engine.executor import execute, start_engine
     from raydbb.engine.stage import on_device
