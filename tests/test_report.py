@@ -232,5 +232,6 @@ def test_report_shows_the_quality_gate_recorded_in_the_model(run_dir: Path, tmp_
             "<td>23.2 dB / 0.22</td>") in text
     assert "gate: (a) pass, (b) pass, (c) pass" in text
     # The run's own sampler and mask settings (the default config's) are not the gate's: said so.
+    assert "mask dilation 8 px, noise matching on." in text
     assert ("Measured with other settings than this run's: steps 20 (this run: 50); guidance 4.0 "
-            "(this run: 8.0); dilate 8 (this run: 0).") in text
+            "(this run: 8.0); dilate 8 (this run: 0); match_noise True (this run: False).") in text
