@@ -103,10 +103,13 @@ def _invert(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
     return {"classes": results}
 
 
-def _generate(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
+def generate_step(cfg: RaydbbConfig, progress: bool, repainter: Callable[..., Any] | None = None
+                  ) -> dict[str, Any]:
+    """The generate step's body: :func:`raydbb.ddb.generate.run_generate` with ``repainter`` (None:
+    the diffusion one), its summary printed and returned."""
     from raydbb.ddb.generate import format_summary, run_generate
 
-    summary = run_generate(cfg, progress=progress)
+    summary = run_generate(cfg, progress=progress, **({} if repainter is None else {"repainter": repainter}))
     print(format_summary(summary))
     return summary
 
@@ -171,7 +174,7 @@ INVERT = Step(
 )
 GENERATE = Step(
     "generate", "select, mask, inpaint, prune -> OUT/images, OUT/manifest",
-    GENERATE_INPUTS, _generate,
+    GENERATE_INPUTS, generate_step,
     done_file=lambda c: RunDir(c.out).manifest,
     outputs=lambda c: RunDir(c.out).generated,
     stamps=inpaint_model_stamp,

@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from raydbb.ddb.generate import Repainter, format_summary, run_generate
 from raydbb.ddb.stages.expand import ExpandStage
 from raydbb.engine.stage import Batch, Stage, empty_image, empty_mask, num_rows, object_column, pending_rows
 from raydbb.errors import ConfigError, DataError, RaydbbError
-from raydbb.workflow import GENERATE, INVERT, Step, pipeline_steps, run_steps
+from raydbb.workflow import GENERATE, INVERT, Step, generate_step, pipeline_steps, run_steps
 
 ORACLE_MODEL = "synthetic-counterfactual"
 
@@ -102,12 +103,6 @@ def run_oracle_generate(cfg: RaydbbConfig, engine: str = "ray", progress: bool =
     return run_generate(cfg, engine, progress, repainter=oracle_repainter)
 
 
-def _oracle_generate_step(cfg: RaydbbConfig, progress: bool) -> dict[str, Any]:
-    summary = run_oracle_generate(cfg, progress=progress)
-    print(format_summary(summary))
-    return summary
-
-
 def oracle_config(cfg: RaydbbConfig) -> RaydbbConfig:
     """``cfg`` for the oracle: the originals are not round-tripped through the inpainter's VAE, since
     no repaint went through it (a patch on the originals alone would mark them instead). Refuses any
@@ -123,7 +118,7 @@ def oracle_pipeline(cfg: RaydbbConfig) -> list[Step]:
     prompted), the generate step redraws instead of masking and inpainting; ERM, retraining and
     evaluation are the workflow's own."""
     generate = replace(GENERATE, help="select, redraw with the other bird, prune -> OUT/images, OUT/manifest",
-                       run=_oracle_generate_step, stamps=None)
+                       run=partial(generate_step, repainter=oracle_repainter), stamps=None)
     return [generate if s.name == GENERATE.name else s for s in pipeline_steps(cfg) if s.name != INVERT.name]
 
 
