@@ -48,6 +48,7 @@ def method_rows(docs: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, 
     """One row per method (in the order of ``docs``): each seed's test WGA, mean ± std, min–max,
     test average accuracy, validation WGA and minutes per run; numbers in %."""
     from raydbb.baselines.registry import METHODS as REGISTRY
+    from raydbb.compare import mean_std, min_max
 
     rows = []
     for method in dict.fromkeys(d["method"] for d in docs):
@@ -59,9 +60,8 @@ def method_rows(docs: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, 
         for s in seeds:
             row[f"seed {s}"] = (_pct(by_seed[s]["metrics"]["test"]["worst_group_accuracy"])
                                 if s in by_seed else "–")
-        spread = f" ± {100 * statistics.stdev(test):.1f}" if len(test) > 1 else ""
-        row["test WGA mean ± std"] = f"**{100 * statistics.mean(test):.1f}{spread}**"
-        row["min–max"] = f"{_pct(min(test))}–{_pct(max(test))}"
+        row["test WGA mean ± std"] = f"**{mean_std(test)}**"
+        row["min–max"] = min_max(test)
         for key, split, metric in (("test avg", "test", "average_accuracy"),
                                    ("val WGA", "val", "worst_group_accuracy")):
             row[key] = _pct(statistics.mean(d["metrics"][split][metric] for d in by_seed.values()))
@@ -73,20 +73,23 @@ def method_rows(docs: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, 
 def verdict(docs: list[dict[str, Any]]) -> str:
     """DDB's mean test WGA against the best no-train-label baseline run, its std, and its average
     accuracy against ERM's; empty when DDB or every such baseline is missing."""
-    def mean(method: str, split: str, metric: str) -> float | None:
-        values = [d["metrics"][split][metric] for d in docs if d["method"] == method]
+    def test_values(method: str, metric: str = "worst_group_accuracy") -> list[float]:
+        return [d["metrics"]["test"][metric] for d in docs if d["method"] == method]
+
+    def mean(method: str, metric: str = "worst_group_accuracy") -> float | None:
+        values = test_values(method, metric)
         return 100 * statistics.mean(values) if values else None
 
-    ddb = mean("ddb", "test", "worst_group_accuracy")
-    rivals = {m: v for m in NO_TRAIN_LABELS if (v := mean(m, "test", "worst_group_accuracy")) is not None}
+    ddb = mean("ddb")
+    rivals = {m: v for m in NO_TRAIN_LABELS if (v := mean(m)) is not None}
     if ddb is None or not rivals:
         return ""
     best = max(rivals, key=rivals.__getitem__)
-    ddb_wga = [100 * d["metrics"]["test"]["worst_group_accuracy"] for d in docs if d["method"] == "ddb"]
+    ddb_wga = [100 * v for v in test_values("ddb")]
     std = statistics.stdev(ddb_wga) if len(ddb_wga) > 1 else 0.0
     text = (f"DDB − best method without train group labels ({best.upper()}): "
             f"**{ddb - rivals[best]:+.1f}** points of mean test WGA; DDB's std over seeds {std:.1f}")
-    erm_avg, ddb_avg = mean("erm", "test", "average_accuracy"), mean("ddb", "test", "average_accuracy")
+    erm_avg, ddb_avg = mean("erm", "average_accuracy"), mean("ddb", "average_accuracy")
     if erm_avg is not None and ddb_avg is not None:
         text += f"; DDB's test average accuracy {ddb_avg:.1f} against ERM's {erm_avg:.1f}"
     return text + ".\n"

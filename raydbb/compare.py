@@ -237,11 +237,12 @@ def result_rows(docs: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _percent(values: pd.Series) -> pd.Series:
-    return pd.to_numeric(values, errors="coerce").dropna() * 100
+def _percent(values: Sequence[float] | pd.Series) -> pd.Series:
+    return pd.to_numeric(pd.Series(values), errors="coerce").dropna() * 100
 
 
-def _mean_std(values: pd.Series) -> str:
+def mean_std(values: Sequence[float] | pd.Series) -> str:
+    """Fractions over seeds as ``"mean ± sample std"`` in % (one value alone; ``n/a`` for none)."""
     v = _percent(values)
     if v.empty:
         return "n/a"
@@ -250,7 +251,8 @@ def _mean_std(values: pd.Series) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
 
 
-def _min_max(values: pd.Series) -> str:
+def min_max(values: Sequence[float] | pd.Series) -> str:
+    """Fractions over seeds as ``"min–max"`` in % (``n/a`` for none)."""
     v = _percent(values)
     return "n/a" if v.empty else f"{v.min():.1f}–{v.max():.1f}"
 
@@ -272,9 +274,9 @@ def format_table(rows: pd.DataFrame, docs: list[dict[str, Any]], dataset: str) -
         test, val = mrows[mrows["split"] == "test"], mrows[mrows["split"] == "val"]
         meth = METHODS[method]
         cells = [titles[method], f"{meth.train_labels}/{meth.val_labels}", str(mrows["seed"].nunique()),
-                 _mean_std(test["worst_group_accuracy"]), _min_max(test["worst_group_accuracy"]),
-                 _mean_std(test["average_accuracy"]),
-                 _mean_std(test["weighted_average_accuracy"]), _mean_std(val["worst_group_accuracy"])]
+                 mean_std(test["worst_group_accuracy"]), min_max(test["worst_group_accuracy"]),
+                 mean_std(test["average_accuracy"]),
+                 mean_std(test["weighted_average_accuracy"]), mean_std(val["worst_group_accuracy"])]
         if paper:
             value = meth.paper_wga.get(dataset)
             cells.append("–" if value is None else f"{value:.1f}")
