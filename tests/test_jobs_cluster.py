@@ -17,7 +17,10 @@ import yaml
 
 from raydbb.commands.submit import JOB_STEPS
 from raydbb.config import RaydbbConfig, load_config
+from raydbb.engine.placement import Node
 from raydbb.jobs import build_parser
+from raydbb.plan import Resources, stage_plans
+from raydbb.plan import check_resources as plan_check
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_ROOT = "/app/"  # where cluster/Dockerfile puts the repository inside the image
@@ -28,7 +31,7 @@ GENERATE_STAGES = ("mask", "inpaint", "prune")
 
 
 # ----------------------------------------------------------------------------------------------
-# Cluster model: node instances with CPUs/GPUs, and the actors/tasks one pipeline phase needs.
+# Cluster model: the node groups a cluster spec declares (CPUs, GPUs, how many, which stages).
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,11 @@ class NodeGroup:
     cpus: float
     gpus: float
     max_nodes: int
-    stages: tuple[str, ...]
+    labels: dict[str, str]  # the Ray node labels its nodes start with
 
-
-@dataclass(frozen=True)
-class Demand:
-    what: str
-    cpus: float
-    gpus: float
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(self.labels.get("raydbb-stages", "").split("-"))
 
 
 def _quantity(value: str | int | float) -> float:
@@ -57,9 +57,9 @@ def launcher_groups(spec: dict) -> list[NodeGroup]:
     for name, node in spec["available_node_types"].items():
         res = node["resources"]
         head = name == spec["head_node_type"]
-        stages = tuple(node.get("labels", {}).get("raydbb-stages", "").split("-"))
         count = 1 if head else node["max_workers"]
-        groups.append(NodeGroup(name, res.get("CPU", 0), res.get("GPU", 0), count, stages))
+        labels = dict(node.get("labels", {}))
+        groups.append(NodeGroup(name, res.get("CPU", 0), res.get("GPU", 0), count, labels))
     return groups
 
 
@@ -72,56 +72,32 @@ def kuberay_groups(spec: dict) -> list[NodeGroup]:
         gpus = _quantity(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))
         return cpus, gpus
 
+    def ray_labels(group: dict) -> dict[str, str]:  # rayStartParams' "k=v,k2=v2"
+        text = group.get("rayStartParams", {}).get("labels", "")
+        return dict(item.split("=", 1) for item in text.split(",") if item)
+
     head = spec["headGroupSpec"]
-    groups = [NodeGroup("head", *shape(head), 1, ())]
+    groups = [NodeGroup("head", *shape(head), 1, ray_labels(head))]
     for g in spec["workerGroupSpecs"]:
-        labels = g["template"].get("metadata", {}).get("labels", {})
-        stages = tuple(labels.get("raydbb.io/stages", "").split("-"))
+        pod_stages = g["template"].get("metadata", {}).get("labels", {}).get("raydbb.io/stages")
+        assert pod_stages == ray_labels(g).get("raydbb-stages"), f"{g['groupName']}: pod, Ray labels differ"
         assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], g["groupName"]
-        groups.append(NodeGroup(g["groupName"], *shape(g), g["maxReplicas"], stages))
+        groups.append(NodeGroup(g["groupName"], *shape(g), g["maxReplicas"], ray_labels(g)))
     return groups
 
 
-def phases(cfg: RaydbbConfig, num_classes: int = 2) -> dict[str, list[Demand]]:
-    """What runs at the same time in each phase of the pipeline (phases run one after another)."""
-    def pool(name: str, res) -> list[Demand]:
-        return [Demand(name, res.num_cpus, res.num_gpus)] * res.actors
-
-    io = Demand("io task", cfg.generate.io.num_cpus, 0.0)
-    invert_gpus = cfg.invert.num_gpus if cfg.invert.num_gpus is not None else float(cfg.device == "cuda")
-    classes = len(cfg.invert.classes) if cfg.invert.classes else num_classes
-    return {
-        "train_erm": [Demand("train worker", cfg.train.cpus_per_worker, float(cfg.train.use_gpu))]
-        * max(cfg.train.num_workers, 1),
-        "invert": [Demand("invert task", cfg.invert.num_cpus, invert_gpus)] * classes,
-        "score": pool("select", cfg.select.resources) + [io],
-        "generate": [d for s in GENERATE_STAGES for d in pool(s, getattr(cfg, s).resources)] + [io],
-    }
-
-
-def first_fit(demands: list[Demand], nodes: list[NodeGroup]) -> bool:
-    free = [[n.cpus, n.gpus] for n in nodes]
-    for d in sorted(demands, key=lambda d: (-d.gpus, -d.cpus)):
-        for slot in free:
-            if slot[0] + 1e-9 >= d.cpus and slot[1] + 1e-9 >= d.gpus:
-                slot[0] -= d.cpus
-                slot[1] -= d.gpus
-                break
-        else:
-            return False
-    return True
-
-
 def check_resources(groups: list[NodeGroup], cfg: RaydbbConfig) -> None:
-    """Every phase fits the cluster at full size whatever order Ray tries the nodes in, each GPU
-    stage is assigned to exactly one worker group, and the groups are sized for their stages."""
+    """Every step's pools fit the cluster at full size, by raydbb's own placement check (the one
+    ``--dry-run`` runs, node labels included) whatever order the nodes come in; each GPU stage is
+    assigned to exactly one worker group, and the groups are sized for their stages."""
     assert any(g.gpus for g in groups) and cfg.device == "cuda", "a GPU cluster runs a device=cuda config"
-    nodes = [g for g in groups for _ in range(g.max_nodes)]
-    for phase, demands in phases(cfg).items():
-        for d in demands:
-            assert any(g.cpus >= d.cpus and g.gpus >= d.gpus for g in groups), f"{phase}: {d} fits no node"
-        for order in itertools.permutations(nodes):
-            assert first_fit(demands, list(order)), f"{phase} does not fit with nodes in order {order}"
+    nodes = [Node(f"{g.name}-{i}", g.cpus, g.gpus, g.labels)
+             for g in groups for i in range(g.max_nodes)]
+    plans = [p for step in ("train_erm", "invert", "generate") for p in stage_plans(cfg, step, 2)]
+    for order in itertools.permutations(nodes):
+        spec = Resources("the cluster spec", list(order))
+        problems = plan_check(plans, spec, cfg.device, cfg.train.use_gpu)
+        assert not problems, f"nodes in order {[n.node_id for n in order]}: {problems}"
 
     gpu_stages = [s for s in (*GENERATE_STAGES, "select") if getattr(cfg, s).resources.num_gpus > 0]
     for stage in gpu_stages:
@@ -230,17 +206,20 @@ def test_dockerfile_bakes_in_raydbb_and_the_configs() -> None:
 
 
 def test_resource_check_catches_an_oversized_pool() -> None:
-    """The checker itself: more inpaint actors than the cluster's GPUs, more than the inpaint group's
-    GPUs, or mask+prune over one node's GPU, all fail."""
+    """The checker itself: more inpaint actors than the inpaint group's GPUs (raydbb's placement check,
+    the pool being pinned there by its node label), fewer (an idle A100), or mask+prune over one
+    node's GPU, all fail."""
     groups = launcher_groups(yaml.safe_load(LAUNCHER.read_text()))
     _, cfg = entrypoint_config(yaml.safe_load(LAUNCHER.read_text())["metadata"]["raydbb"]["entrypoint"])
     too_many = cfg.model_copy(deep=True)
-    too_many.inpaint.resources.actors = 11  # 8 A100 + 2 L4 - (mask + prune) < 11
-    with pytest.raises(AssertionError, match="generate does not fit"):
+    too_many.inpaint.resources.actors = 9  # the L4s have room, but the pool is pinned to the 8 A100s
+    with pytest.raises(AssertionError, match=r"inpaint.resources: stage inpaint: 9 actors x 8 CPU \+ 1 GPU "
+                                             r"on nodes labelled raydbb-stages=inpaint do not fit .* hold 8"):
         check_resources(groups, too_many)
-    too_many.inpaint.resources.actors = 9  # fits somewhere, but one spills out of the inpaint group
-    with pytest.raises(AssertionError, match="gpu_inpaint: 8 GPUs for 9 inpaint actors x 1.0"):
-        check_resources(groups, too_many)
+    too_few = cfg.model_copy(deep=True)
+    too_few.inpaint.resources.actors = 7
+    with pytest.raises(AssertionError, match="gpu_inpaint: 8 GPUs for 7 inpaint actors x 1.0"):
+        check_resources(groups, too_few)
     crowded = cfg.model_copy(deep=True)
     crowded.prune.resources.num_gpus = 0.5
     with pytest.raises(AssertionError, match=r"gpu_masks: \['mask', 'prune', 'select'\] need 1.25 GPUs"):
