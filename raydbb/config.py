@@ -61,6 +61,14 @@ RESOURCE = {"resource": True}
 """``json_schema_extra`` of a field that only decides how fast or where a step runs, not what it computes."""
 
 
+def added(neutral: Any) -> dict[str, Any]:
+    """``json_schema_extra`` of a field added after run folders existed: ``neutral`` is its value that
+    computes what raydbb computed before the field. Fingerprints leave the field out while it holds
+    that value, so finished steps of older run folders stay done."""
+    return {"added": neutral}
+
+
+
 class Section(BaseModel):
     """Base for config sections: unknown fields are errors, not silently ignored."""
 
@@ -145,6 +153,9 @@ class TrainConfig(Section):
     loader_workers: int = Field(0, ge=0, description="torch DataLoader processes per Ray worker",
                                 json_schema_extra=RESOURCE)
     seed: int = 0
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning rate per epoch: lr throughout, or cosine decay from lr "
+        "towards 0 over the epochs", json_schema_extra=added("constant"))
     bad_images: Literal["skip", "refuse"] = Field(
         "skip", description="images that cannot be decoded: train without them (listed in the "
         "checkpoint folder's skipped_images.csv) or refuse in one line")
@@ -348,6 +359,8 @@ class RetrainConfig(Section):
                            "decoder's patch does not mark the repaints (needs a mask per image)")
     epochs: int = Field(5, ge=1, description="epochs of (full) retraining; val WGA selects one")
     lr: float = Field(1e-4, gt=0, description="learning rate (optimizer etc. from the train section)")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="full retraining's train.lr_schedule", json_schema_extra=added("constant"))
     fast_epochs: int = Field(20, ge=1, description="fast mode (head on cached features): epochs")
     fast_lr: float = Field(0.01, gt=0, description="fast mode: head learning rate (raydbb tune searches it)")
 
@@ -445,6 +458,18 @@ def resource_fields(model: type[Section] = RaydbbConfig, prefix: str = "") -> fr
     return frozenset(found)
 
 
+def added_fields(model: type[Section] = RaydbbConfig, prefix: str = "") -> dict[str, Any]:
+    """``{dotted name: neutral value}`` of the fields marked with :func:`added`."""
+    found: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        kind = info.annotation if isinstance(info.annotation, type) else None
+        if kind and issubclass(kind, Section):
+            found |= added_fields(kind, f"{prefix}{name}.")
+        elif isinstance(info.json_schema_extra, dict) and "added" in info.json_schema_extra:
+            found[f"{prefix}{name}"] = info.json_schema_extra["added"]
+    return found
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict) and tree:
         flat: dict[str, Any] = {}
@@ -468,11 +493,14 @@ def inpaint_model_stamp(cfg: RaydbbConfig) -> dict[str, str]:
 
 def config_values(cfg: RaydbbConfig, prefixes: tuple[str, ...]) -> dict[str, Any]:
     """``{dotted.field: value}`` of ``cfg`` under ``prefixes`` (``"inpaint"``, ``"data.root"``),
-    resource fields left out: what a step's result depends on."""
+    resource fields and :func:`added` fields at their neutral value left out: what a step's result
+    depends on."""
     resources = resource_fields()
+    neutral = added_fields()
     flat = _flatten(cfg.model_dump(mode="json"))
     return {k: v for k, v in sorted(flat.items())
             if not any(k == f or k.startswith(f + ".") for f in resources)
+            and not (k in neutral and v == neutral[k])
             and any(k == p or k.startswith(p + ".") for p in prefixes)}
 
 

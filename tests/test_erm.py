@@ -286,3 +286,20 @@ def test_a_crashed_training_resumes_from_its_last_epoch_with_the_same_result(tin
     other = resume.fingerprint(FitSpec(**{**spec.__dict__, "train": cfg.model_copy(update={"lr": 0.5})}), 1,
                                [records.split("train"), records.split("val")])
     assert other != resume.fingerprint(spec, 1, [records.split("train"), records.split("val")])
+
+
+def test_cosine_lr_schedule_by_hand():
+    """lr * (1 + cos(pi * (epoch - 1) / epochs)) / 2 per epoch; constant is lr throughout. The retrain
+    section's schedule is what full retraining's train section gets."""
+    from raydbb.config import TrainConfig, load_config
+    from raydbb.ddb.retrain.run import retrain_train_config
+    from raydbb.training.worker import epoch_lr
+
+    cosine = TrainConfig(lr=0.4, epochs=4, lr_schedule="cosine")
+    # cos(0) = 1, cos(pi/4) = 0.7071, cos(pi/2) = 0, cos(3pi/4) = -0.7071
+    assert [round(epoch_lr(cosine, e), 4) for e in (1, 2, 3, 4)] == [0.4, 0.3414, 0.2, 0.0586]
+    assert {epoch_lr(TrainConfig(lr=0.4, epochs=4), e) for e in (1, 2, 3, 4)} == {0.4}
+    cfg = load_config(None, ["retrain.lr_schedule=cosine", "retrain.lr=0.01", "retrain.epochs=3"])
+    train = retrain_train_config(cfg)
+    assert (train.lr_schedule, train.lr, train.epochs) == ("cosine", 0.01, 3)
+    assert cfg.train.lr_schedule == "constant"  # ERM's own schedule is untouched

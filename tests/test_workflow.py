@@ -101,6 +101,21 @@ def test_resource_fields_do_not_rerun_anything(tmp_path: Path) -> None:
     assert "prune.delta" in inputs and not any("resources" in k for k in inputs)
 
 
+def test_an_added_field_at_its_neutral_value_leaves_finished_steps_done(tmp_path: Path) -> None:
+    """train.lr_schedule came after run folders existed: at "constant" (what training did before it)
+    it is no input of any step, so a marker written without it still matches; "cosine" reruns."""
+    rec = Recorder()
+    run_steps(_cfg(tmp_path), pipeline=rec.pipeline())
+    marker = read_marker(tmp_path, "b")
+    assert marker is not None and not any("lr_schedule" in k for k in marker["inputs"])
+    rec.calls.clear()
+    run_steps(_cfg(tmp_path, "train.lr_schedule=constant"), pipeline=rec.pipeline())
+    assert rec.calls == []
+    run_steps(_cfg(tmp_path, "train.lr_schedule=cosine"), pipeline=rec.pipeline())
+    assert rec.calls == ["b", "c"]
+    assert read_marker(tmp_path, "b")["inputs"]["train.lr_schedule"] == "cosine"
+
+
 def test_refuse_mode_names_the_changed_field_and_runs_nothing(tmp_path: Path) -> None:
     rec = Recorder()
     run_steps(_cfg(tmp_path), pipeline=rec.pipeline())

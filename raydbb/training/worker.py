@@ -160,6 +160,15 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def epoch_lr(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (1-based): ``cfg.lr``, or with ``lr_schedule: cosine``
+    ``lr * (1 + cos(pi * (epoch - 1) / epochs)) / 2``, from lr in the first epoch down towards 0.
+    Set per epoch, so a resumed run needs no scheduler state."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * (1.0 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) / 2.0
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train worker function: train, validate every epoch, keep the selected checkpoint.
 
@@ -227,6 +236,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     for epoch in range(done + 1, cfg.epochs + 1):
         start = time.time()
         sampler.set_epoch(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(cfg, epoch)
         model.train()
         if spec.head_only:
             unwrap(model).backbone.eval()  # frozen features: keep BatchNorm statistics fixed

@@ -168,8 +168,9 @@ def run_meta(inputs: RetrainInputs, mode: str) -> dict[str, Any]:
 
 
 def retrain_train_config(cfg: RaydbbConfig) -> TrainConfig:
-    """The train section with the retrain section's epochs and learning rate."""
-    return cfg.train.model_copy(update={"epochs": cfg.retrain.epochs, "lr": cfg.retrain.lr})
+    """The train section with the retrain section's epochs, learning rate and its schedule."""
+    return cfg.train.model_copy(update={"epochs": cfg.retrain.epochs, "lr": cfg.retrain.lr,
+                                        "lr_schedule": cfg.retrain.lr_schedule})
 
 
 def run_retrain(cfg: RaydbbConfig, manifest_dir: str | Path | None = None,
