@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -66,7 +67,6 @@ def added(neutral: Any) -> dict[str, Any]:
     computes what raydbb computed before the field. Fingerprints leave the field out while it holds
     that value, so finished steps of older run folders stay done."""
     return {"added": neutral}
-
 
 
 class Section(BaseModel):
@@ -443,31 +443,29 @@ class RaydbbConfig(Section):
         Path(path).write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
 
 
-def resource_fields(model: type[Section] = RaydbbConfig, prefix: str = "") -> frozenset[str]:
-    """Dotted names of the fields and whole sections marked as resource settings (:data:`RESOURCE`,
-    :attr:`Section.resource_section`): changing them re-runs nothing."""
-    found: set[str] = set()
+def _fields(model: type[Section], prefix: str = "") -> Iterator[tuple[str, Any, type[Section] | None]]:
+    """``(dotted name, field info, its Section class or None)`` of every field of ``model`` and of
+    its sections, depth first. A resource section (:data:`RESOURCE` or
+    :attr:`Section.resource_section`) is yielded but not entered: nothing in it decides a result."""
     for name, info in model.model_fields.items():
-        dotted = f"{prefix}{name}"
         kind = info.annotation if isinstance(info.annotation, type) else None
         section = kind if kind and issubclass(kind, Section) else None
-        if info.json_schema_extra == RESOURCE or (section and section.resource_section):
-            found.add(dotted)
-        elif section:
-            found |= resource_fields(section, dotted + ".")
-    return frozenset(found)
+        yield f"{prefix}{name}", info, section
+        if section and not (info.json_schema_extra == RESOURCE or section.resource_section):
+            yield from _fields(section, f"{prefix}{name}.")
 
 
-def added_fields(model: type[Section] = RaydbbConfig, prefix: str = "") -> dict[str, Any]:
+def resource_fields(model: type[Section] = RaydbbConfig) -> frozenset[str]:
+    """Dotted names of the fields and whole sections marked as resource settings (:data:`RESOURCE`,
+    :attr:`Section.resource_section`): changing them re-runs nothing."""
+    return frozenset(dotted for dotted, info, section in _fields(model)
+                     if info.json_schema_extra == RESOURCE or (section and section.resource_section))
+
+
+def added_fields(model: type[Section] = RaydbbConfig) -> dict[str, Any]:
     """``{dotted name: neutral value}`` of the fields marked with :func:`added`."""
-    found: dict[str, Any] = {}
-    for name, info in model.model_fields.items():
-        kind = info.annotation if isinstance(info.annotation, type) else None
-        if kind and issubclass(kind, Section):
-            found |= added_fields(kind, f"{prefix}{name}.")
-        elif isinstance(info.json_schema_extra, dict) and "added" in info.json_schema_extra:
-            found[f"{prefix}{name}"] = info.json_schema_extra["added"]
-    return found
+    return {dotted: info.json_schema_extra["added"] for dotted, info, _ in _fields(model)
+            if isinstance(info.json_schema_extra, dict) and "added" in info.json_schema_extra}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

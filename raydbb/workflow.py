@@ -107,9 +107,9 @@ def generate_step(cfg: RaydbbConfig, progress: bool, repainter: Callable[..., An
                   ) -> dict[str, Any]:
     """The generate step's body: :func:`raydbb.ddb.generate.run_generate` with ``repainter`` (None:
     the diffusion one), its summary printed and returned."""
-    from raydbb.ddb.generate import format_summary, run_generate
+    from raydbb.ddb.generate import diffusion_repainter, format_summary, run_generate
 
-    summary = run_generate(cfg, progress=progress, **({} if repainter is None else {"repainter": repainter}))
+    summary = run_generate(cfg, progress=progress, repainter=repainter or diffusion_repainter)
     print(format_summary(summary))
     return summary
 
