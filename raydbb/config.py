@@ -156,6 +156,10 @@ class TrainConfig(Section):
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="learning rate per epoch: lr throughout, or cosine decay from lr "
         "towards 0 over the epochs", json_schema_extra=added("constant"))
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="0 = off; else validate, select and save an exponential moving "
+        "average of the weights (and BatchNorm statistics), updated after every optimizer step with "
+        "this decay", json_schema_extra=added(0.0))
     bad_images: Literal["skip", "refuse"] = Field(
         "skip", description="images that cannot be decoded: train without them (listed in the "
         "checkpoint folder's skipped_images.csv) or refuse in one line")
@@ -361,6 +365,8 @@ class RetrainConfig(Section):
     lr: float = Field(1e-4, gt=0, description="learning rate (optimizer etc. from the train section)")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="full retraining's train.lr_schedule", json_schema_extra=added("constant"))
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="full retraining's train.ema_decay",
+                             json_schema_extra=added(0.0))
     fast_epochs: int = Field(20, ge=1, description="fast mode (head on cached features): epochs")
     fast_lr: float = Field(0.01, gt=0, description="fast mode: head learning rate (raydbb tune searches it)")
 

@@ -251,10 +251,14 @@ def _loss_that_can_crash(logits, labels, index):
     return torch.nn.functional.cross_entropy(logits, labels)
 
 
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_a_crashed_training_resumes_from_its_last_epoch_with_the_same_result(tiny_dataset, tmp_path, capsys,
-                                                                             monkeypatch):
+                                                                             monkeypatch, ema_decay):
+    # With a weight average on, the average is part of the saved state: the resumed run selects
+    # and saves the same averaged weights.
     records = load_records(_config(tiny_dataset, tmp_path).data)
-    cfg = _config(tiny_dataset, tmp_path, "train.num_workers=0", "train.epochs=4", "train.augment=true").train
+    cfg = _config(tiny_dataset, tmp_path, "train.num_workers=0", "train.epochs=4", "train.augment=true",
+                  f"train.ema_decay={ema_decay}").train
     spec = FitSpec(train=cfg, class_names=records.class_names, group_names=records.group_names(),
                    train_group_fraction=None, classifier=_config(tiny_dataset, tmp_path).classifier,
                    loss_fn=_loss_that_can_crash)
@@ -303,3 +307,24 @@ def test_cosine_lr_schedule_by_hand():
     train = retrain_train_config(cfg)
     assert (train.lr_schedule, train.lr, train.epochs) == ("cosine", 0.01, 3)
     assert cfg.train.lr_schedule == "constant"  # ERM's own schedule is untouched
+
+
+def test_weight_average_by_hand():
+    """The first update copies the weights; each later one is decay * average + (1 - decay) * weights,
+    BatchNorm's running statistics included. retrain.ema_decay is what full retraining gets."""
+    from raydbb.ddb.retrain.run import retrain_train_config
+    from raydbb.training.worker import weight_average
+
+    assert weight_average(torch.nn.Linear(1, 1), 0.0) is None
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    average = weight_average(model, 0.75)
+    for weight, running_mean in ((1.0, 2.0), (3.0, 6.0), (5.0, 2.0)):
+        with torch.no_grad():
+            model[0].weight.fill_(weight)
+        model[1].running_mean.fill_(running_mean)
+        average.update_parameters(model)
+    # 1 -> 0.75 * 1 + 0.25 * 3 = 1.5 -> 0.75 * 1.5 + 0.25 * 5 = 2.375; means 2 -> 3 -> 2.75
+    assert average.module[0].weight.item() == pytest.approx(2.375)
+    assert average.module[1].running_mean.item() == pytest.approx(2.75)
+    cfg = load_config(None, ["retrain.ema_decay=0.99"])
+    assert retrain_train_config(cfg).ema_decay == 0.99 and cfg.train.ema_decay == 0.0

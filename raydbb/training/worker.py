@@ -169,6 +169,17 @@ def epoch_lr(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * (1.0 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) / 2.0
 
 
+def weight_average(model: torch.nn.Module, decay: float):
+    """An exponential moving average of ``model``'s weights and buffers (torch's ``AveragedModel``),
+    or None when ``decay`` is 0. Its first update copies the weights; each later one moves the
+    average ``1 - decay`` of the way towards them."""
+    if decay == 0.0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train worker function: train, validate every epoch, keep the selected checkpoint.
 
@@ -208,6 +219,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             p.requires_grad_(False)
     model = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    # The model that is validated, selected and saved: the trained one, or its weight average.
+    average = weight_average(unwrap(model), cfg.ema_decay)
+    scored = model if average is None else average.module
     seed_everything(cfg.seed + 1000 * rank)  # distinct augmentation streams per rank
     loader_generator = torch.Generator().manual_seed(cfg.seed + rank)
 
@@ -229,6 +243,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if saved is not None:
         unwrap(model).load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        if average is not None:
+            average.load_state_dict(saved["average"])
         best_key, best_val, best_epoch = tuple(saved["best_key"]), saved["best_val"], saved["best_epoch"]
         best_state, history = saved["best_state"], saved["history"]
         if rank == 0:
@@ -251,18 +267,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update_parameters(unwrap(model))
             sums += (loss.item() * len(labels), len(labels))
         sums = _all_reduce_sum(sums, device)
         train_loss = float(sums[0] / max(sums[1], 1))
         if not math.isfinite(train_loss):
             raise RaydbbError(f"training diverged in epoch {epoch} (loss {train_loss}); lower train.lr")
 
-        val = _sharded_metrics(model, val_frame, spec, image_size, device, rank, world)
+        val = _sharded_metrics(scored, val_frame, spec, image_size, device, rank, world)
         key = selection_key(val)
         selected = best_key is None or key > best_key or spec.select_last
         if selected:
             best_key, best_val, best_epoch = key, val, epoch
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in unwrap(scored).state_dict().items()}
         row = {"epoch": epoch, "train_loss": train_loss,
                "val_average_accuracy": val["average_accuracy"],
                "val_worst_group_accuracy": val["worst_group_accuracy"],
@@ -272,20 +290,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if rank == 0:
             _progress(_epoch_line(epoch, cfg.epochs, train_loss, val, selected, row["seconds"]))
         if selected and rank == 0:
-            publish_checkpoint(model, out_dir, _checkpoint_meta(spec, epoch, val))
+            publish_checkpoint(scored, out_dir, _checkpoint_meta(spec, epoch, val))
         resume.save_rank_state(states, epoch, rank, fingerprint, loader_generator)
         ray.train.report(row)  # a barrier too: every rank reports once per epoch
         if rank == 0:  # after the barrier: every rank's state of this epoch is on disk
             resume.save_model_state(states, epoch, fingerprint, {
                 "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "average": None if average is None else average.state_dict(),
                 "best_key": list(best_key), "best_val": best_val, "best_epoch": best_epoch,
                 "best_state": best_state, "history": history})
 
-    unwrap(model).load_state_dict(best_state)
+    unwrap(scored).load_state_dict(best_state)
     metrics = {"val": best_val}
     for split, frame in final_frames.items():
         if split != "val" and len(frame):
-            metrics[split] = _sharded_metrics(model, frame, spec, image_size, device, rank, world)
+            metrics[split] = _sharded_metrics(scored, frame, spec, image_size, device, rank, world)
     return {"best_epoch": best_epoch, "metrics": metrics, "history": history}
 
 

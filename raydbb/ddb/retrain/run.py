@@ -168,9 +168,11 @@ def run_meta(inputs: RetrainInputs, mode: str) -> dict[str, Any]:
 
 
 def retrain_train_config(cfg: RaydbbConfig) -> TrainConfig:
-    """The train section with the retrain section's epochs, learning rate and its schedule."""
-    return cfg.train.model_copy(update={"epochs": cfg.retrain.epochs, "lr": cfg.retrain.lr,
-                                        "lr_schedule": cfg.retrain.lr_schedule})
+    """The train section with the retrain section's epochs, learning rate, its schedule and weight
+    average."""
+    r = cfg.retrain
+    return cfg.train.model_copy(update={"epochs": r.epochs, "lr": r.lr, "lr_schedule": r.lr_schedule,
+                                        "ema_decay": r.ema_decay})
 
 
 def run_retrain(cfg: RaydbbConfig, manifest_dir: str | Path | None = None,
