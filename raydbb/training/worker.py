@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from raydbb.config import ClassifierConfig, TrainConfig
 from raydbb.errors import RaydbbError
@@ -169,14 +170,12 @@ def epoch_lr(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * (1.0 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) / 2.0
 
 
-def weight_average(model: torch.nn.Module, decay: float):
+def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel | None:
     """An exponential moving average of ``model``'s weights and buffers (torch's ``AveragedModel``),
     or None when ``decay`` is 0. Its first update copies the weights; each later one moves the
     average ``1 - decay`` of the way towards them."""
     if decay == 0.0:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
