@@ -292,6 +292,21 @@ def test_a_crashed_training_resumes_from_its_last_epoch_with_the_same_result(tin
     assert other != resume.fingerprint(spec, 1, [records.split("train"), records.split("val")])
 
 
+def test_resume_fingerprint_leaves_out_fields_added_later_at_their_neutral_value():
+    """A state saved before ``lr_schedule`` and ``ema_decay`` existed hashed a TrainConfig without
+    them; at their neutral values the hash still matches, so an upgrade does not restart training."""
+    from raydbb.config import RaydbbConfig, TrainConfig
+    from raydbb.training.resume import _canonical
+
+    before = {k: v for k, v in TrainConfig().model_dump(mode="json").items()
+              if k not in ("lr_schedule", "ema_decay")}
+    assert _canonical(TrainConfig()) == before
+    assert _canonical(TrainConfig(ema_decay=0.5)) == {**before, "ema_decay": 0.5}
+    # Nested sections too: the retrain section's copies of both fields.
+    retrain = _canonical(RaydbbConfig())["retrain"]
+    assert "lr_schedule" not in retrain and "ema_decay" not in retrain and "lr" in retrain
+
+
 def test_cosine_lr_schedule_by_hand():
     """lr * (1 + cos(pi * (epoch - 1) / epochs)) / 2 per epoch; constant is lr throughout. The retrain
     section's schedule is what full retraining's train section gets."""
