@@ -29,11 +29,11 @@ judge does not read the mask's outline (views of the mask filled with the source
 only, no bird: a judge reading outlines would call them the source's class).
 
 A grid of examples is saved as PNG (per row: source | mask | cross-class repaint | what the judge
-sees | own-class repaint | oracle) and the table goes to RESULTS.md. Steps, guidance, dilation and
-noise matching default to the demo's (``raydbb/configs/demo.yaml``).
+sees | own-class repaint | oracle) and the table goes to RESULTS.md. Steps, guidance, strength,
+dilation and noise matching default to the demo's (``raydbb/configs/demo.yaml``).
 
-    python -m benchmarks.inpainter_quality [--model DIR] [--n 100] [--steps N] [--guidance G] [--dilate PX]
-        [--no-match-noise]
+    python -m benchmarks.inpainter_quality [--model DIR] [--n 100] [--steps N] [--guidance G]
+        [--strength S] [--dilate PX] [--no-match-noise]
 """
 
 from __future__ import annotations
@@ -375,7 +375,8 @@ def report(summary: dict[str, Any], info: dict[str, Any], load: list[float], com
             + f"\nModel `{summary['model_name']}` ({summary['model_corpus']}). Training-split majority "
             f"images of `raydbb data synth --seed {summary['data_seed']}`, bird mask dilated "
             f"{summary['dilate']} px, repainted with the other class's prompt (and its own, as a control), "
-            f"{summary['steps']} DDIM steps, guidance {summary['guidance']:g}. Judge: small_cnn on "
+            f"{summary['steps']} DDIM steps, guidance {summary['guidance']:g}, strength "
+            f"{summary.get('strength', 1.0):g}. Judge: small_cnn on "
             f"`repaint × mask + grey × (1 − mask)`, trained on {judge['train_views']} pretraining-corpus "
             f"birds (seed {judge['corpus_seed']}, class-independent colours, six background families, "
             f"class-free mask outlines); held-out accuracy {judge['heldout_accuracy']:.1%}.\n\n"
@@ -417,7 +418,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     records = load_records(DataConfig(name="synthetic", root=str(data)))
     judge, judge_info = load_judge(root)
     cfg = InpaintConfig(model=args.model, steps=args.steps, guidance_scale=args.guidance,
-                        scheduler=args.scheduler, match_noise=args.match_noise,
+                        strength=args.strength, scheduler=args.scheduler, match_noise=args.match_noise,
                         resources=StageResources(batch_size=args.batch, model_batch_size=args.batch))
     stage = InpaintStage(cfg, CLASS_NAMES)
     stage.setup()
@@ -433,7 +434,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     name, corpus = _model_meta(args.model)
     return {"model": args.model, "model_name": name, "model_corpus": corpus, "root": str(root),
             "data_seed": args.data_seed, "steps": args.steps, "guidance": args.guidance,
-            "dilate": args.dilate, "match_noise": args.match_noise,
+            "strength": args.strength, "dilate": args.dilate, "match_noise": args.match_noise,
             "scheduler": type(stage.pipe.scheduler).__name__, "threads": args.threads, "judge": judge_info,
             "results": results, "gate": gate(results), "grid": str(grid_path),
             "wall_seconds": round(time.perf_counter() - t0, 1)}
@@ -441,8 +442,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_record(model: Path, summary: dict[str, Any], command: str) -> Path:
     """The gate's results, without this machine's paths, into ``model/``:data:`QUALITY_GATE_RECORD`."""
-    keep = ("model_name", "model_corpus", "data_seed", "steps", "guidance", "dilate", "match_noise",
-            "scheduler", "judge", "results", "gate")
+    keep = ("model_name", "model_corpus", "data_seed", "steps", "guidance", "strength", "dilate",
+            "match_noise", "scheduler", "judge", "results", "gate")
     record = {**{k: summary[k] for k in keep}, "command": command,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     path = model / QUALITY_GATE_RECORD
@@ -460,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="DDIM steps (default %(default)s)")
     parser.add_argument("--guidance", type=float, default=demo.inpaint.guidance_scale,
                         help="classifier-free guidance scale (default %(default)s)")
+    parser.add_argument("--strength", type=float, default=demo.inpaint.strength,
+                        help="how far the masked region is noised before painting: 1 = from pure noise, "
+                             "below 1 keeps the source's coarse layout (default %(default)s)")
     parser.add_argument("--scheduler", default=demo.inpaint.scheduler,
                         help="diffusers scheduler class (default: the demo's, %(default)s)")
     parser.add_argument("--dilate", type=int, default=demo.mask.dilate,
@@ -482,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=None,
                         help="RESULTS.md to update (default: ours; 'none' to skip)")
     args = parser.parse_args(argv)
+    if not 0 < args.strength <= 1:
+        parser.error(f"--strength {args.strength:g}: expected a value in (0, 1]")
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
     torch.set_num_threads(args.threads)
     if args.model is None:

@@ -109,6 +109,13 @@ def test_gate_and_report_state_each_direction():
     assert "(a) FAIL, (b) FAIL, (c) pass" in text
 
 
+def test_a_strength_outside_zero_to_one_is_refused_in_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        iq.main(["--strength", "1.5", "--results", "none"])
+    assert stop.value.code == 2
+    assert "--strength 1.5: expected a value in (0, 1]" in capsys.readouterr().err
+
+
 def test_sharpness_hand_computed():
     # A 0/255 checkerboard: every interior pixel differs from its 4 neighbours by 255 -> |Laplacian| 1020.
     board = (np.indices((6, 6)).sum(0) % 2 * 255).astype(np.uint8)

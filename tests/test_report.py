@@ -222,8 +222,9 @@ def test_report_shows_the_quality_gate_recorded_in_the_model(run_dir: Path, tmp_
            "judge_on_sources": 1.0, "own_rate": 0.99, "vae_psnr": 23.21, "vae_sharpness_ratio": 0.218}
     summary = {"model": str(model), "root": "/somewhere/bench", "grid": "/somewhere/examples.png",
                "model_name": "inpainter", "model_corpus": "pretrain", "data_seed": 0, "steps": 20,
-               "guidance": 4.0, "dilate": 8, "match_noise": True, "scheduler": "DDIMScheduler", "judge": {},
-               "results": [row], "gate": {"a_target_rate": True, "b_leak": True, "c_judge_on_sources": True}}
+               "guidance": 4.0, "strength": 0.9, "dilate": 8, "match_noise": True,
+               "scheduler": "DDIMScheduler", "judge": {}, "results": [row],
+               "gate": {"a_target_rate": True, "b_leak": True, "c_judge_on_sources": True}}
     path = write_record(model, summary, "python -m benchmarks.inpainter_quality --record")
     assert path == model / QUALITY_GATE_RECORD
     assert "/somewhere" not in path.read_text()  # no paths of the machine that measured it
@@ -232,6 +233,7 @@ def test_report_shows_the_quality_gate_recorded_in_the_model(run_dir: Path, tmp_
             "<td>23.2 dB / 0.22</td>") in text
     assert "gate: (a) pass, (b) pass, (c) pass" in text
     # The run's own sampler and mask settings (the default config's) are not the gate's: said so.
-    assert "mask dilation 8 px, noise matching on." in text
+    assert "strength 0.9, mask dilation 8 px, noise matching on." in text
     assert ("Measured with other settings than this run's: steps 20 (this run: 50); guidance 4.0 "
-            "(this run: 8.0); dilate 8 (this run: 0); match_noise True (this run: False).") in text
+            "(this run: 8.0); strength 0.9 (this run: 1.0); dilate 8 (this run: 0); match_noise True "
+            "(this run: False).") in text

@@ -478,7 +478,8 @@ def _gate_section(run: dict[str, Any]) -> str:
                                    for name, ok in gate["gate"].items())
     inpaint, mask = run["config"].get("inpaint", {}), run["config"].get("mask", {})
     used = {"steps": inpaint.get("steps"), "guidance": inpaint.get("guidance_scale"),
-            "dilate": mask.get("dilate"), "match_noise": inpaint.get("match_noise")}
+            "strength": inpaint.get("strength"), "dilate": mask.get("dilate"),
+            "match_noise": inpaint.get("match_noise")}
     differ = [f"{k} {gate.get(k)} (this run: {v})" for k, v in used.items()
               if v is not None and gate.get(k) is not None and float(v) != float(gate[k])]
     note = (f"<p class='missing'>Measured with other settings than this run's: {_esc('; '.join(differ))}.</p>"
@@ -486,7 +487,8 @@ def _gate_section(run: dict[str, Any]) -> str:
     return (f"<p class='meta'>Model <code>{_esc(gate['model'])}</code>, measured "
             f"{_esc(gate.get('date', '?'))} by <code>{_esc(gate.get('command', '?'))}</code>: "
             f"{gate.get('steps')} steps, guidance {gate.get('guidance')}, "
-            f"mask dilation {gate.get('dilate')} px"
+            + ("" if "strength" not in gate else f"strength {gate['strength']:g}, ")
+            + f"mask dilation {gate.get('dilate')} px"
             + ("" if "match_noise" not in gate
                else f", noise matching {'on' if gate['match_noise'] else 'off'}")
             + ". A judge that sees only the painted region says "
