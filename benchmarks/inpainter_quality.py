@@ -376,7 +376,7 @@ def report(summary: dict[str, Any], info: dict[str, Any], load: list[float], com
             f"images of `raydbb data synth --seed {summary['data_seed']}`, bird mask dilated "
             f"{summary['dilate']} px, repainted with the other class's prompt (and its own, as a control), "
             f"{summary['steps']} DDIM steps, guidance {summary['guidance']:g}, strength "
-            f"{summary.get('strength', 1.0):g}. Judge: small_cnn on "
+            f"{summary['strength']:g}. Judge: small_cnn on "
             f"`repaint × mask + grey × (1 − mask)`, trained on {judge['train_views']} pretraining-corpus "
             f"birds (seed {judge['corpus_seed']}, class-independent colours, six background families, "
             f"class-free mask outlines); held-out accuracy {judge['heldout_accuracy']:.1%}.\n\n"

@@ -495,16 +495,29 @@ def inpaint_model_stamp(cfg: RaydbbConfig) -> dict[str, str]:
     return {"inpaint.model": model_stamp(cfg.inpaint.model)} if cfg.inpaint.model else {}
 
 
+def fingerprint_dump(section: Section) -> dict[str, Any]:
+    """``section`` as JSON without its :func:`added` fields (nested sections' too) while they hold
+    their neutral value: what fingerprints hash, so the steps and saved training states of older
+    releases stay valid after an upgrade."""
+    dump = section.model_dump(mode="json")
+    for dotted, neutral in added_fields(type(section)).items():
+        *path, leaf = dotted.split(".")
+        parent = dump
+        for key in path:
+            parent = parent[key]
+        if leaf in parent and parent[leaf] == neutral:
+            del parent[leaf]
+    return dump
+
+
 def config_values(cfg: RaydbbConfig, prefixes: tuple[str, ...]) -> dict[str, Any]:
     """``{dotted.field: value}`` of ``cfg`` under ``prefixes`` (``"inpaint"``, ``"data.root"``),
     resource fields and :func:`added` fields at their neutral value left out: what a step's result
     depends on."""
     resources = resource_fields()
-    neutral = added_fields()
-    flat = _flatten(cfg.model_dump(mode="json"))
+    flat = _flatten(fingerprint_dump(cfg))
     return {k: v for k, v in sorted(flat.items())
             if not any(k == f or k.startswith(f + ".") for f in resources)
-            and not (k in neutral and v == neutral[k])
             and any(k == p or k.startswith(p + ".") for p in prefixes)}
 
 

@@ -99,10 +99,11 @@ def test_gate_and_report_state_each_direction():
     assert verdict == {"a_target_rate": False, "b_leak": False, "c_judge_on_sources": True}
     assert all(iq.gate([row]).values())
     summary = {"model_name": "synthetic_inpainter", "model_corpus": "pretrain", "data_seed": 0, "dilate": 6,
-               "steps": 20, "guidance": 20.0, "results": [row, other], "gate": verdict,
+               "steps": 20, "guidance": 20.0, "strength": 1.0, "results": [row, other], "gate": verdict,
                "judge": {"train_views": 12000, "corpus_seed": 1, "heldout_accuracy": 0.995}}
     text = iq.report(summary, INFO, [], "python -m benchmarks.inpainter_quality --n 100")
     assert "`python -m benchmarks.inpainter_quality --n 100`" in text and "dilated 6 px" in text
+    assert "guidance 20, strength 1. Judge" in text
     assert "| landbird->waterbird | 100 | 93.0% | 2.0% | 4.1% | 99.0% |" in text
     assert "| waterbird->landbird | 100 | 88.0% | 2.0% | 12.0% | 99.0% |" in text
     assert "| 4% / 90% |" in text and "| 23.3 dB / 0.32 |" in text

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from raydbb.config import Section, added_fields
+from raydbb.config import Section, fingerprint_dump
 
 MODEL_FILE = "epoch-{epoch}.pt"
 RANK_FILE = "epoch-{epoch}-rank{rank}.pt"
@@ -38,24 +38,10 @@ def resume_dir(out_dir: str | Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.resume"
 
 
-def _section_dump(section: Section) -> dict[str, Any]:
-    """``section`` as JSON, without the fields added in later releases while they hold their neutral
-    value: a state saved by an older release stays continuable after an upgrade."""
-    dump = section.model_dump(mode="json")
-    for dotted, neutral in added_fields(type(section)).items():
-        *path, leaf = dotted.split(".")
-        parent = dump
-        for key in path:
-            parent = parent.get(key) or {}
-        if leaf in parent and parent[leaf] == neutral:
-            del parent[leaf]
-    return dump
-
-
 def _canonical(obj: Any) -> Any:
     """A JSON-able form of ``obj`` that is the same in every process (pickles are not: sets, ids)."""
     if isinstance(obj, Section):
-        return _section_dump(obj)
+        return fingerprint_dump(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _canonical(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
